@@ -1,0 +1,83 @@
+"""Schema migrations: small functions applied in order, each in its own transaction.
+
+The schema version is the number of migrations applied (PRAGMA user_version). Append new
+migrations at the end; never edit one that has shipped. SQL stays portable (no SQLite-only
+column types) so the PostgreSQL backend can run the same statements.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["MIGRATIONS"]
+
+
+def m001_preferences(db: Any) -> None:
+    """Stored preference values per scope, and the audit trail of every change."""
+    db.execute(
+        """CREATE TABLE prefs (
+            scope TEXT NOT NULL,
+            scope_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            PRIMARY KEY (scope, scope_id, key))"""
+    )
+    db.execute(
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            scope_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            old TEXT,
+            new TEXT,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT,
+            run_id TEXT,
+            step INTEGER)"""
+    )
+    db.execute("CREATE INDEX history_key ON history (key, id)")
+
+
+def m002_templates(db: Any) -> None:
+    """Saved templates (the built-in ones ship in code)."""
+    db.execute(
+        """CREATE TABLE templates (
+            name TEXT PRIMARY KEY,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            actor TEXT NOT NULL)"""
+    )
+
+
+def m003_runs(db: Any) -> None:
+    """Training runs: their state (for resume), changes applied mid-run, learning curves."""
+
+
+def m004_privacy(db: Any) -> None:
+    """Consent, feedback and the privacy audit log (subjects only as pseudonyms)."""
+
+
+def m005_monitoring(db: Any) -> None:
+    """Monitoring samples and alerts."""
+
+
+def m006_registry(db: Any) -> None:
+    """Model registry: versions and the active pointer's moves."""
+
+
+def m007_experiments(db: Any) -> None:
+    """A/B experiments, sticky assignments and outcomes."""
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [
+    m001_preferences,
+    m002_templates,
+    m003_runs,
+    m004_privacy,
+    m005_monitoring,
+    m006_registry,
+    m007_experiments,
+]

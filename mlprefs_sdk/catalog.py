@@ -1,0 +1,242 @@
+"""The key catalog: every known key's type, default and constraints (defaults.toml + registered)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import attrs
+
+from .errors import MlprefsError, UnknownKeyError
+
+__all__ = ["KeySpec", "Catalog", "InvalidValue", "KEY_PATTERN"]
+
+log = logging.getLogger(__name__)
+
+KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+TYPE_NAMES = {v: k for k, v in TYPES.items()}
+ACCESS_LEVELS = ("user", "admin", "superadmin")
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+class InvalidValue(MlprefsError, ValueError):
+    """Raised by KeySpec.check; the caller adds key, value and source to make a Problem."""
+
+    def __init__(self, reason: str, rule: str) -> None:
+        self.reason, self.rule = reason, rule
+        super().__init__(reason)
+
+
+@attrs.frozen
+class KeySpec:
+    """One key's contract. `check` is the only place values are typed and range-checked."""
+
+    key: str
+    type: type
+    default: Any
+    description: str = ""
+    min: float | int | None = None
+    max: float | int | None = None
+    choices: tuple[Any, ...] | None = None
+    nonempty: bool = False
+    access: str = "user"
+    sensitive: bool = False
+    line: int | None = None  # line of the key's table in defaults.toml
+
+    @property
+    def type_name(self) -> str:
+        return TYPE_NAMES[self.type]
+
+    def check(self, value: Any, *, from_string: bool = False) -> Any:
+        """Return the value typed for this key, or raise InvalidValue naming the rule."""
+        if from_string and isinstance(value, str) and self.type is not str:
+            value = self._parse(value)
+        value = self._typed(value)
+        if self.choices is not None and value not in self.choices:
+            options = ", ".join(str(c) for c in self.choices)
+            raise InvalidValue(f"is not one of the allowed values: {options}", "choices")
+        if self.nonempty and not value.strip():
+            raise InvalidValue("must not be empty", "nonempty")
+        if self.type in (int, float):
+            if self.type is float and not math.isfinite(value):
+                raise InvalidValue("is not a finite number", "type")
+            if self.min is not None and value < self.min:
+                raise InvalidValue(f"is below the minimum {self.min!r}", "min")
+            if self.max is not None and value > self.max:
+                raise InvalidValue(f"is above the maximum {self.max!r}", "max")
+        return value
+
+    def _typed(self, value: Any) -> Any:
+        t = self.type
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+        elif t is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif t is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif isinstance(value, str):
+            return value
+        raise InvalidValue(
+            f"has type {type(value).__name__}, expected {self.type_name}", "type"
+        )
+
+    def _parse(self, text: str) -> Any:
+        """Strings from env and the CLI: "true"/"false", "1e-3", "64"."""
+        s = text.strip()
+        try:
+            if self.type is bool:
+                if s.lower() in TRUE_WORDS:
+                    return True
+                if s.lower() in FALSE_WORDS:
+                    return False
+                raise ValueError(s)
+            if self.type is int:
+                return int(s)
+            return float(s)
+        except ValueError:
+            raise InvalidValue(f"cannot be read as {self.type_name}", "type") from None
+
+    @classmethod
+    def build(
+        cls,
+        key: str,
+        type: type | str,
+        default: Any,
+        *,
+        description: str = "",
+        min: float | None = None,
+        max: float | None = None,
+        choices: Iterable[Any] | None = None,
+        nonempty: bool = False,
+        access: str = "user",
+        sensitive: bool = False,
+        line: int | None = None,
+    ) -> "KeySpec":
+        """Validate a key definition itself (name, type, default within its own rules)."""
+        if not KEY_PATTERN.match(key):
+            raise ValueError(
+                f"invalid key name {key!r}: use lower-case dotted segments like 'team.eval.every_n_steps'"
+            )
+        t = TYPES.get(type) if isinstance(type, str) else type
+        if t not in TYPE_NAMES:
+            raise ValueError(f"key {key!r}: type must be one of bool, int, float, str, not {type!r}")
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"key {key!r}: access must be one of {', '.join(ACCESS_LEVELS)}")
+        spec = cls(
+            key=key,
+            type=t,
+            default=default,
+            description=description,
+            min=min,
+            max=max,
+            choices=tuple(choices) if choices is not None else None,
+            nonempty=nonempty,
+            access=access,
+            sensitive=sensitive,
+            line=line,
+        )
+        try:
+            return attrs.evolve(spec, default=spec.check(default))
+        except InvalidValue as e:
+            raise ValueError(f"key {key!r}: default {default!r} {e.reason}") from None
+
+
+def _packaged_defaults() -> tuple[str, str]:
+    """defaults.toml from the wheel, or from the repository top level in a source checkout."""
+    try:
+        res = resources.files("mlprefs_sdk").joinpath("defaults.toml")
+        if res.is_file():
+            return str(res), res.read_text("utf-8")
+    except (FileNotFoundError, ModuleNotFoundError):  # pragma: no cover - odd loaders
+        pass
+    path = Path(__file__).resolve().parent.parent / "defaults.toml"
+    return str(path), path.read_text("utf-8")
+
+
+class Catalog:
+    """Known keys: the packaged ones plus any registered by the user or plugins."""
+
+    def __init__(self, specs: Iterable[KeySpec] = (), path: str | None = None) -> None:
+        self._specs: dict[str, KeySpec] = {s.key: s for s in specs}
+        self.path = path
+
+    @classmethod
+    def packaged(cls) -> "Catalog":
+        path, text = _packaged_defaults()
+        return cls.from_toml(text, path)
+
+    @classmethod
+    def from_toml(cls, text: str, path: str) -> "Catalog":
+        from .tomlfile import key_lines
+
+        data = tomllib.loads(text)
+        lines = key_lines(text)
+        specs = []
+        for key, table in _tables(data):
+            table = dict(table)
+            specs.append(KeySpec.build(key, table.pop("type"), table.pop("default"),
+                                       line=lines.get(key), **table))
+        return cls(specs, path)
+
+    def copy(self) -> "Catalog":
+        return Catalog(self._specs.values(), self.path)
+
+    def register(self, spec: KeySpec) -> None:
+        old = self._specs.get(spec.key)
+        if old is not None and attrs.evolve(old, line=None) != attrs.evolve(spec, line=None):
+            raise ValueError(f"key {spec.key!r} is already defined differently")
+        if spec.key.startswith("ml.") and old is None:
+            raise ValueError(f"key {spec.key!r}: the ml. namespace is reserved for built-in keys")
+        self._specs[spec.key] = spec
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._specs
+
+    def __getitem__(self, key: str) -> KeySpec:
+        try:
+            return self._specs[key]
+        except KeyError:
+            raise UnknownKeyError(key, self.suggest(key)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def specs(self) -> Mapping[str, KeySpec]:
+        return self._specs
+
+    def suggest(self, key: str, n: int = 3) -> list[str]:
+        """Nearest known keys, by whole key and by last segment (catches a wrong section)."""
+        keys = list(self._specs)
+        found = difflib.get_close_matches(key, keys, n=n, cutoff=0.75)
+        tail = key.rsplit(".", 1)[-1]
+        by_tail = {k.rsplit(".", 1)[-1]: k for k in keys}
+        for t in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.8):
+            if by_tail[t] not in found:
+                found.append(by_tail[t])
+        return found[:n]
+
+
+def _tables(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Leaf tables of a nested dict: a table holding "type" is one key definition."""
+    for name, value in data.items():
+        if not isinstance(value, dict):
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        if "type" in value and "default" in value:
+            yield key, value
+        else:
+            yield from _tables(value, key)

@@ -1,0 +1,348 @@
+"""Core verbs: get, set, unset, list, explain, validate, history, rollback, export, import,
+templates, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from typing import Any
+
+from ..values import format_value
+
+__all__ = ["register"]
+
+MASK = "********"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("get", help="print the resolved value")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("set", help="validate and store a value")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.add_argument("--scope", choices=("user", "project"), default="user")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_set)
+
+    p = sub.add_parser("unset", help="remove a stored value")
+    p.add_argument("key")
+    p.add_argument("--scope", choices=("user", "project"), default="user")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_unset)
+
+    p = sub.add_parser("list", help="every resolved key")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("--sources", action="store_true", help="show where each value comes from")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("explain", help="the winning value and every layer's value")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("validate", help="check files, or every discovered source")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("history", help="audit trail, newest first")
+    p.add_argument("key", nargs="?")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("rollback", help="restore the value a history entry set")
+    p.add_argument("key")
+    p.add_argument("--to", type=int, required=True, metavar="ID")
+    p.add_argument("--scope", choices=("user", "project"), default="user")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("export", help="the whole resolved view (sensitive values masked)")
+    p.add_argument("--format", choices=("toml", "json"), default="toml")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="store a TOML file's values into a scope")
+    p.add_argument("file")
+    p.add_argument("--scope", choices=("user", "project"), default="user")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("templates", help="list, show or apply templates")
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tsub.add_parser("list", help="template names").set_defaults(func=cmd_templates_list)
+    t = tsub.add_parser("show", help="a template's values")
+    t.add_argument("name")
+    t.set_defaults(func=cmd_templates_show)
+    t = tsub.add_parser("apply", help="write a template's values into a scope")
+    t.add_argument("name")
+    t.add_argument("--scope", choices=("user", "project"))
+    t.set_defaults(func=cmd_templates_apply)
+
+    p = sub.add_parser("doctor", help="paths, versions, store integrity, watcher backend")
+    p.set_defaults(func=cmd_doctor)
+
+
+def _source_json(source: Any) -> dict[str, Any]:
+    return {"layer": source.layer, "path": source.path, "line": source.line, "detail": source.detail}
+
+
+def _entry_json(e: Any) -> dict[str, Any]:
+    return {"id": e.id, "scope": e.scope, "scope_id": e.scope_id, "key": e.key, "old": e.old,
+            "new": e.new, "at": e.at, "actor": e.actor, "reason": e.reason}
+
+
+def _entry_text(e: Any) -> str:
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S")
+    old = "(unset)" if e.old is None else format_value(e.old)
+    new = "(unset)" if e.new is None else format_value(e.new)
+    why = f"  # {e.reason}" if e.reason else ""
+    return f"#{e.id:<5} {when}  {e.scope}:{e.scope_id}  {e.key}  {old} -> {new}  by {e.actor}{why}"
+
+
+def cmd_get(ctx: Any) -> None:
+    value = ctx.client().get(ctx.args.key)
+    ctx.emit({"key": ctx.args.key, "value": value},
+             str(value).lower() if isinstance(value, bool) else str(value))
+
+
+def cmd_set(ctx: Any) -> None:
+    client = ctx.client()
+    entries = client._set_many({ctx.args.key: ctx.args.value}, ctx.args.scope, ctx.args.reason,
+                               from_string=True)
+    value = client.get(ctx.args.key)
+    if entries:
+        ctx.emit(_entry_json(entries[0]), f"{ctx.args.key} = {format_value(entries[0].new)} "
+                 f"stored in {ctx.args.scope} scope (history #{entries[0].id}); "
+                 f"resolved value now {format_value(value)}")
+    else:
+        ctx.emit(None, "")
+
+
+def cmd_unset(ctx: Any) -> None:
+    client = ctx.client()
+    entry = client.unset(ctx.args.key, scope=ctx.args.scope, reason=ctx.args.reason)
+    value = client.get(ctx.args.key)
+    if entry is None:
+        ctx.emit(None, f"{ctx.args.key} was not set in {ctx.args.scope} scope")
+    else:
+        ctx.emit(_entry_json(entry), f"{ctx.args.key} removed from {ctx.args.scope} scope "
+                 f"(history #{entry.id}); resolved value now {format_value(value)}")
+
+
+def cmd_list(ctx: Any) -> None:
+    client = ctx.client()
+    view = client.snapshot()
+    rows = []
+    for key in sorted(view):
+        if not key.startswith(ctx.args.prefix):
+            continue
+        spec = client.spec(key)
+        row = {"key": key, "value": view[key], "type": spec.type_name, "access": spec.access,
+               "sensitive": spec.sensitive}
+        if ctx.args.sources:
+            row["source"] = _source_json(client.explain(key).source)
+            row["source_text"] = str(client.explain(key).source)
+        rows.append(row)
+
+    def text() -> str:
+        width = max((len(r["key"]) for r in rows), default=0)
+        lines = []
+        for r in rows:
+            flags = r["access"] + (", sensitive" if r["sensitive"] else "")
+            line = f"{r['key']:<{width}} = {format_value(r['value']):<12} [{flags}]"
+            if ctx.args.sources:
+                line += f"  <- {r['source_text']}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    for r in rows:
+        r.pop("source_text", None) if ctx.json else None
+    ctx.emit(rows, text)
+
+
+def cmd_explain(ctx: Any) -> None:
+    client = ctx.client()
+    ex = client.explain(ctx.args.key)
+    spec = client.spec(ctx.args.key)
+    data = {
+        "key": ex.key, "value": ex.value, "locked": ex.locked, "source": _source_json(ex.source),
+        "chain": [{"layer": lv.layer, "value": lv.value, "source": _source_json(lv.source)}
+                  for lv in ex.chain],
+        "type": spec.type_name, "access": spec.access, "sensitive": spec.sensitive,
+        "description": spec.description,
+    }
+
+    def text() -> str:
+        rule = []
+        if spec.min is not None or spec.max is not None:
+            rule.append(f"{spec.min if spec.min is not None else ''}..{spec.max if spec.max is not None else ''}")
+        if spec.choices:
+            rule.append("one of " + ", ".join(map(str, spec.choices)))
+        lines = [f"{ex.key} = {format_value(ex.value)}" + ("  (locked)" if ex.locked else ""),
+                 f"  from    {ex.source}",
+                 f"  type    {spec.type_name}{' ' + '; '.join(rule) if rule else ''}",
+                 f"  access  {spec.access}{', sensitive' if spec.sensitive else ''}",
+                 f"  about   {spec.description}", "  layers (lowest first):"]
+        for lv in ex.chain:
+            win = "*" if lv.source == ex.source else " "
+            lines.append(f"   {win} {lv.layer:<13} {format_value(lv.value):<12} {lv.source}")
+        return "\n".join(lines)
+
+    ctx.emit(data, text)
+
+
+def cmd_validate(ctx: Any) -> int:
+    from ..catalog import Catalog
+    from ..client import _packaged_catalog
+    from ..errors import ValidationError
+    from ..layers import defaults_layer, file_layer
+    from ..resolve import resolve
+
+    if ctx.args.files:
+        catalog: Catalog = _packaged_catalog()
+        layers = [defaults_layer(catalog)]
+        for f in ctx.args.files:
+            if not os.path.exists(f):
+                raise FileNotFoundError(f"{f}: no such file")
+            layers.append(file_layer("file", os.path.abspath(f)))
+        view, problems = resolve(catalog, layers)
+        warnings = list(view.warnings)
+    else:
+        try:
+            warnings = list(ctx.client().warnings)
+            problems = []
+        except ValidationError as e:
+            problems, warnings = e.problems, []
+    ctx.emit({"ok": not problems,
+              "problems": [{"key": p.key, "value": p.value, "rule": p.rule, "message": p.message,
+                            "path": p.source.path if p.source else None,
+                            "line": p.source.line if p.source else None} for p in problems],
+              "warnings": [w.message for w in warnings]},
+             "\n".join([*(f"error: {p}" for p in problems), *(f"warning: {w}" for w in warnings),
+                        "ok" if not problems else f"{len(problems)} problem(s)"]))
+    return 1 if problems else 0
+
+
+def cmd_history(ctx: Any) -> None:
+    entries = ctx.client().history(ctx.args.key, limit=ctx.args.limit)
+    ctx.emit([_entry_json(e) for e in entries],
+             lambda: "\n".join(_entry_text(e) for e in entries) or "(no history)")
+
+
+def cmd_rollback(ctx: Any) -> None:
+    client = ctx.client()
+    entry = client.rollback(ctx.args.key, scope=ctx.args.scope, to=ctx.args.to)
+    value = client.get(ctx.args.key)
+    ctx.emit(_entry_json(entry) if entry else None,
+             f"{ctx.args.key} rolled back to #{ctx.args.to}; resolved value now {format_value(value)}")
+
+
+def exported(client: Any) -> dict[str, Any]:
+    """The resolved view with sensitive values masked."""
+    return {k: (MASK if client.spec(k).sensitive else v) for k, v in sorted(client.snapshot().items())}
+
+
+def cmd_export(ctx: Any) -> None:
+    flat = exported(ctx.client())
+    if ctx.args.format == "json" or ctx.json:
+        ctx.emit(flat, lambda: __import__("json").dumps(flat, indent=2))
+        return
+    import tomli_w
+
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    sys.stdout.write(tomli_w.dumps(nested))
+
+
+def cmd_import(ctx: Any) -> None:
+    from ..errors import ConfigFileError
+    from ..tomlfile import read_toml
+
+    doc = read_toml(ctx.args.file)
+    if doc is None:
+        raise FileNotFoundError(f"{ctx.args.file}: no such file")
+    values = {k: v for k, (v, _line) in doc.values.items() if v != MASK}
+    if not values:
+        raise ConfigFileError(ctx.args.file, None, None, "holds no preference keys")
+    entries = ctx.client()._set_many(values, ctx.args.scope,
+                                     ctx.args.reason or f"import {ctx.args.file}")
+    ctx.emit([_entry_json(e) for e in entries],
+             f"imported {len(entries)} value(s) from {ctx.args.file} into {ctx.args.scope} scope")
+
+
+def cmd_templates_list(ctx: Any) -> None:
+    names = ctx.client().templates.list()
+    ctx.emit(names, "\n".join(names))
+
+
+def cmd_templates_show(ctx: Any) -> None:
+    values = ctx.client().templates.show(ctx.args.name)
+    ctx.emit(values, lambda: "\n".join(f"{k} = {format_value(v)}" for k, v in sorted(values.items())))
+
+
+def cmd_templates_apply(ctx: Any) -> None:
+    entries = ctx.client().templates.apply(ctx.args.name, scope=ctx.args.scope)
+    ctx.emit([_entry_json(e) for e in entries],
+             f"applied template {ctx.args.name}: {len(entries)} value(s) stored")
+
+
+def cmd_doctor(ctx: Any) -> int:
+    import sqlite3
+    from importlib import metadata
+
+    from .. import __version__
+
+    client = ctx.client()
+    loc = client.locations
+    store = client.store
+    integrity = "n/a"
+    if hasattr(store, "query") and loc.store != ":memory:" and "://" not in loc.store:
+        integrity = store.query("PRAGMA integrity_check")[0][0]
+    versions = {"mlprefs-sdk": __version__, "python": platform.python_version(),
+                "sqlite": sqlite3.sqlite_version}
+    for dist in ("attrs", "cattrs", "watchfiles", "platformdirs", "tomli-w", "pluggy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "missing"
+    locked = client._view.locked
+    unpinned = sorted(k for k in client.snapshot()
+                      if client.spec(k).access != "user" and k not in locked)
+    backend = os.environ.get("MLPREFS_WATCH", "native") or "native"
+    data = {
+        "paths": {"store": loc.store, "user_file": loc.user_file, "policy": loc.policy,
+                  "project_file": client.project_file[0] if client.project_file else None,
+                  "files": list(client._files)},
+        "exists": {"policy": os.path.exists(loc.policy), "user_file": os.path.exists(loc.user_file)},
+        "project": client.project, "user": client.user, "template": client.template,
+        "versions": versions,
+        "store": {"backend": type(store).__name__, "integrity": integrity,
+                  "schema_version": getattr(store, "schema_version", None)},
+        "watcher_backend": backend,
+        "admin_keys_not_locked": unpinned,
+        "warnings": [w.message for w in client.warnings],
+    }
+
+    def text() -> str:
+        lines = ["paths:"]
+        for name, path in data["paths"].items():
+            lines.append(f"  {name:<13} {path}")
+        lines.append(f"project: {client.project}   user: {client.user}   template: {client.template}")
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        lines.append(f"store: {data['store']['backend']}, schema {data['store']['schema_version']}, "
+                     f"integrity {integrity}")
+        lines.append(f"watcher backend: {backend}")
+        lines.append(f"admin keys no policy lock pins ({len(unpinned)}): " + ", ".join(unpinned))
+        lines += [f"warning: {w}" for w in data["warnings"]]
+        return "\n".join(lines)
+
+    ctx.emit(data, text)
+    return 0 if integrity in ("ok", "n/a") else 2

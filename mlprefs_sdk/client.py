@@ -1,0 +1,542 @@
+"""The Client: resolves every key from the layers, caches an immutable view, swaps it whole."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import logging
+import os
+import threading
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+
+from . import layers as L
+from .catalog import Catalog, InvalidValue, KeySpec
+from .errors import ConfigFileError, LockedKeyError, MlprefsError, UnknownKeyError, ValidationError
+from .events import Dispatcher, Subscription
+from .locations import Locations, find_project_file, locate
+from .resolve import View, resolve
+from .store import UNSET, Store, open_store
+from .values import LAYERS, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
+
+__all__ = ["Client"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MISSING: Any = object()
+SCOPES = ("user", "project")
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_catalog() -> Catalog:
+    return Catalog.packaged()
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"uid{os.getuid()}"
+
+
+class Client:
+    """What are my ML preferences right now? Reads never lock: they hit an immutable view."""
+
+    def __init__(
+        self,
+        project: str | None = None,
+        user: str | None = None,
+        store: str | None = None,
+        files: Iterable[str | os.PathLike[str]] = (),
+        template: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        discover: bool = True,
+        env: bool = True,
+        watch: bool = False,
+    ) -> None:
+        self.locations: Locations = locate(store)
+        self.user = user or _login()
+        self._catalog = _packaged_catalog().copy()
+        self._events = Dispatcher()
+        self._lock = threading.RLock()  # serialises rebuilds; get() never takes it
+        self._override_stack: list[Mapping[str, Any]] = []
+        self._overrides = dict(overrides or {})
+        self._files = tuple(os.path.abspath(os.fspath(f)) for f in files)
+        self._use_env = env
+        self._watcher: Any = None
+        self._closed = False
+        self._sections: dict[str, Any] = {}
+        self._services: dict[str, Any] = {}
+
+        self.project_file: tuple[str, str | None] | None = find_project_file() if discover else None
+        self._store: Store = open_store(self.locations.store)
+        self._slots: dict[str, tuple[L.Layer, ...]] = {}
+        project_layer = self._read_project_file()
+        meta = project_layer.meta
+        self.project = project or os.environ.get("MLPREFS_PROJECT") or meta.get("name") or None
+        self.template = template or meta.get("template") or None
+        self._slots["project-file"] = (project_layer,)
+        self._slots.update(self._read_slots(s for s in LAYERS if s != "project-file"))
+        view, problems = self._resolve()
+        if problems:
+            self._store.close()
+            raise _error(problems)
+        self._install(view)
+        self._log_warnings(view)
+        self._pm: Any = None
+        if watch:
+            self.watch()
+
+    # -- reading: the hot path --------------------------------------------------
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            if default is not _MISSING:
+                return default
+            raise UnknownKeyError(key, self._catalog.suggest(key)) from None
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise UnknownKeyError(key, self._catalog.suggest(key)) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def enabled(self, key: str) -> bool:
+        """A bool key's value; ml.features.* flags are off unless ml.global.enabled."""
+        try:
+            return self._enabled[key]
+        except KeyError:
+            if key in self._values:
+                raise TypeError(f"{key} is a {self._catalog[key].type_name} key, not a flag") from None
+            raise UnknownKeyError(key, self._catalog.suggest(key)) from None
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """Every key's value, immutable; later changes build a new mapping."""
+        return self._view.values
+
+    def section(self, prefix: str) -> Any:
+        """A frozen attrs object with one typed field per key below prefix (e.g. "ml.training")."""
+        view = self._view
+        cache = self._sections
+        obj = cache.get(prefix)
+        if obj is None:
+            from .sections import build_section
+
+            obj = cache[prefix] = build_section(view.catalog, view.values, prefix)
+        return obj
+
+    def load(self, cls: type[T], prefix: str) -> T:
+        """Structure the user's attrs class from the keys below prefix (its fields only)."""
+        import attrs
+
+        from ._convert import converter
+
+        values = self._view.values
+        data = {}
+        for field in attrs.fields(cls):
+            key = f"{prefix}.{field.name}"
+            if key in values:
+                data[field.name] = values[key]
+            elif field.default is attrs.NOTHING:
+                raise UnknownKeyError(key, self._catalog.suggest(key))
+        return converter().structure(data, cls)
+
+    def explain(self, key: str) -> Explanation:
+        if key not in self._values:
+            raise UnknownKeyError(key, self._catalog.suggest(key))
+        return self._view.explain(key)
+
+    def spec(self, key: str) -> KeySpec:
+        return self._catalog[key]
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return self._view.warnings
+
+    # -- writing ------------------------------------------------------------------
+    def set(self, key: str, value: Any, scope: str = "user", reason: str | None = None) -> HistoryEntry:
+        """Validate (key, type, range, cross-key rules), then write store and history at once."""
+        entries = self._set_many({key: value}, scope, reason)
+        return entries[0] if entries else self.history(key, limit=1)[0]
+
+    def unset(self, key: str, scope: str = "user", reason: str | None = None) -> HistoryEntry | None:
+        self._catalog[key]
+        entries = self._write(scope, [(key, UNSET)], reason)
+        return entries[0] if entries else None
+
+    def _set_many(self, values: Mapping[str, Any], scope: str, reason: str | None = None,
+                  from_string: bool = False) -> list[HistoryEntry]:
+        locked = self._view.locked
+        for key, value in values.items():
+            if key in locked:
+                entry = locked[key]
+                raise LockedKeyError(key, value, entry.value, entry.source)
+        scope_id = self._scope_id(scope)
+        source = Source(scope, detail=f"{scope} {scope_id!r}, set by {self.user}")
+        typed, problems = [], []
+        for key, value in values.items():
+            if key not in self._catalog:
+                raise UnknownKeyError(key, self._catalog.suggest(key))
+            try:
+                typed.append((key, self._catalog[key].check(value, from_string=from_string)))
+            except InvalidValue as e:
+                problems.append(Problem.for_value(key, value, source, e.reason, e.rule))
+        if problems:
+            raise ValidationError(problems)
+        return self._write(scope, typed, reason)
+
+    def _write(self, scope: str, changes: list[tuple[str, Any]], reason: str | None,
+               run_id: str | None = None, step: int | None = None) -> list[HistoryEntry]:
+        scope_id = self._scope_id(scope)
+        with self._lock:
+            current = {k: e.value for k, e in self._slots[scope][0].entries.items()}
+            for key, value in changes:
+                if value is UNSET:
+                    current.pop(key, None)
+                else:
+                    current[key] = value
+            trial = self._store_layer(scope, scope_id,
+                                      {k: (v, 0.0, self.user) for k, v in current.items()})
+            _, problems = self._resolve({scope: (trial,)})
+            if problems:
+                raise _error(problems)
+            entries = self._store.write(scope, scope_id, changes, self.user, reason, run_id, step)
+            self._refresh((scope,), origin=f"{scope} store")
+        return entries
+
+    def _scope_id(self, scope: str) -> str:
+        if scope == "user":
+            return self.user
+        if scope == "project":
+            if not self.project:
+                raise MlprefsError("scope 'project' needs a project: pass Client(project=...), "
+                                   "set MLPREFS_PROJECT, or name it in mlprefs.toml [project]")
+            return self.project
+        raise ValueError(f"scope must be 'user' or 'project', not {scope!r}")
+
+    def history(self, key: str | None = None, limit: int = 100, scope: str | None = None) -> list[HistoryEntry]:
+        """Audit entries, newest first."""
+        if key is not None and key not in self._catalog:
+            raise UnknownKeyError(key, self._catalog.suggest(key))
+        return self._store.history(key=key, scope=scope, limit=limit)
+
+    def rollback(self, key: str, scope: str = "user", to: int | None = None) -> HistoryEntry | None:
+        """Restore the value history entry `to` set (recorded as a new entry)."""
+        if to is None:
+            raise ValueError("rollback needs to=<history entry id>")
+        entry = self._store.history_entry(int(to))
+        scope_id = self._scope_id(scope)
+        if entry is None or entry.key != key or entry.scope != scope or entry.scope_id != scope_id:
+            raise MlprefsError(f"history entry #{to} is not a change of {key} in scope "
+                               f"{scope} {scope_id!r}; see prefs.history({key!r})")
+        reason = f"rollback to #{to}"
+        if entry.new is None:
+            return self.unset(key, scope=scope, reason=reason)
+        return self._set_many({key: entry.new}, scope, reason)[0]
+
+    @contextlib.contextmanager
+    def override(self, values: Mapping[str, Any]) -> Iterator["Client"]:
+        """Runtime values for the block (validated first); the previous view returns on exit."""
+        frame = dict(values)
+        with self._lock:
+            self._override_stack.append(frame)
+            try:
+                self._refresh(("runtime",), origin="override", strict=True)
+            except MlprefsError:
+                self._override_stack.pop()
+                raise
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._override_stack = [f for f in self._override_stack if f is not frame]
+                self._refresh(("runtime",), origin="override")
+
+    def register(self, key: str, type: type | str, default: Any, *, min: float | None = None,
+                 max: float | None = None, choices: Iterable[Any] | None = None,
+                 description: str = "", access: str = "user", sensitive: bool = False,
+                 nonempty: bool = False) -> KeySpec:
+        """Add a key outside the ml. namespace; it then behaves exactly like a built-in one."""
+        spec = KeySpec.build(key, type, default, min=min, max=max, choices=choices,
+                             description=description, access=access, sensitive=sensitive,
+                             nonempty=nonempty)
+        with self._lock:
+            if key in self._catalog and self._catalog[key] == spec:
+                return spec
+            catalog = self._catalog.copy()
+            catalog.register(spec)
+            old = self._catalog
+            self._catalog = catalog
+            try:
+                self._refresh(("defaults",), origin="register", strict=True)
+            except MlprefsError:
+                self._catalog = old
+                raise
+        return spec
+
+    # -- change events ----------------------------------------------------------
+    def on_change(self, pattern: str, callback: Callable[[ChangeSet], Any],
+                  deliver: str = "immediate") -> Subscription:
+        """Call back with one ChangeSet per applied edit for keys matching the glob."""
+        return self._events.subscribe(pattern, callback, deliver)
+
+    def on_error(self, callback: Callable[[MlprefsError], Any]) -> Callable[[], None]:
+        """Reload and validation errors (the last good view stays in place)."""
+        return self._events.listen("error", callback)
+
+    def apply_pending(self) -> int:
+        """Deliver deferred ChangeSets now, on this thread."""
+        return self._events.apply_pending()
+
+    def reload(self) -> ChangeSet:
+        """Re-read every file and the store now; on a bad source keep the view and raise."""
+        return self._refresh(tuple(LAYERS), origin="reload", strict=True)
+
+    # -- rebuilding the view ----------------------------------------------------
+    def _read_project_file(self) -> L.Layer:
+        if self.project_file is None:
+            return L.Layer("project-file", {})
+        path, section = self.project_file
+        return L.file_layer("project-file", path, section)
+
+    def _read_slots(self, slots: Iterable[str]) -> dict[str, tuple[L.Layer, ...]]:
+        out = {}
+        for slot in slots:
+            if slot in ("org", "locked"):
+                if "org" not in out:  # one file holds both tables
+                    org, locked = L.policy_layers(self.locations.policy)
+                    out["org"], out["locked"] = (org,), (locked,)
+            else:
+                out[slot] = self._read_slot(slot)
+        return out
+
+    def _read_slot(self, slot: str) -> tuple[L.Layer, ...]:
+        if slot == "defaults":
+            return (L.defaults_layer(self._catalog),)
+        if slot == "template":
+            return (self._template_layer(),)
+        if slot in SCOPES:
+            if slot == "project" and not self.project:
+                return (L.Layer("project", {}),)
+            scope_id = self._scope_id(slot)
+            return (self._store_layer(slot, scope_id, self._store.scope_values(slot, scope_id)),)
+        if slot == "user-file":
+            return (L.file_layer("user-file", self.locations.user_file),)
+        if slot == "project-file":
+            return (self._read_project_file(),)
+        if slot == "file":
+            return tuple(L.file_layer("file", f) for f in self._files)
+        if slot == "env":
+            return (L.env_layer() if self._use_env else L.Layer("env", {}),)
+        if slot == "runtime":
+            merged: dict[str, Any] = dict(self._overrides)
+            for values in self._override_stack:
+                merged.update(values)
+            return (L.mapping_layer("runtime", merged, detail="override"),)
+        raise AssertionError(slot)
+
+    def _template_layer(self) -> L.Layer:
+        if not self.template:
+            return L.Layer("template", {})
+        from .templates import BUILTIN_TEMPLATES
+
+        values = BUILTIN_TEMPLATES.get(self.template)
+        if values is None:
+            values = self._store.saved_templates().get(self.template)
+        if values is None:
+            problem = Problem(key="", value=self.template, source=Source("template"), rule="template",
+                              message=f"template {self.template!r} does not exist")
+            return L.Layer("template", {}, problems=(problem,))
+        return L.mapping_layer("template", values, detail=self.template)
+
+    @staticmethod
+    def _store_layer(scope: str, scope_id: str, rows: Mapping[str, tuple[Any, float, str]]) -> L.Layer:
+        from datetime import datetime, timezone
+
+        entries = {}
+        for key, (value, at, actor) in rows.items():
+            when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            entries[key] = L.Entry(value, Source(scope, detail=f"{scope} {scope_id!r}, "
+                                                 f"set {when} by {actor}"))
+        return L.Layer(scope, entries)
+
+    def _resolve(self, replace: Mapping[str, tuple[L.Layer, ...]] | None = None) -> tuple[View, list[Problem]]:
+        slots = {**self._slots, **(replace or {})}
+        layers = [layer for slot in LAYERS for layer in slots[slot]]
+        return resolve(self._catalog, layers)
+
+    def _refresh(self, slots: Iterable[str], origin: str, strict: bool = False) -> ChangeSet:
+        """Re-read the named layers, resolve, and swap the view in if it is valid.
+
+        A bad source never replaces the last good view: the error goes to on_error callbacks
+        (and the log) and, when strict, is raised to the caller too.
+        """
+        with self._lock:
+            fresh = self._read_slots(slots)
+            view, problems = self._resolve(fresh)
+            if problems:
+                err = _error(problems)
+                log.error("mlprefs: %s rejected; keeping the last good preferences:\n%s", origin, err)
+                self._events.fire("error", err)
+                if strict:
+                    raise err
+                return ChangeSet(())
+            self._slots.update(fresh)
+            return self._swap(view)
+
+    def _swap(self, view: View) -> ChangeSet:
+        old = self._view
+        self._install(view)
+        changes = tuple(
+            Change(key, old.values.get(key), value, view.sources[key])
+            for key, value in view.values.items()
+            if key not in old.values or old.values[key] != value
+            or type(old.values[key]) is not type(value)
+        )
+        cs = ChangeSet(changes)
+        if changes:
+            self._events.emit(cs)
+            if self._pm is not None:
+                self._pm.hook.mlprefs_preferences_changed(client=self, changes=cs)
+        return cs
+
+    def _install(self, view: View) -> None:
+        self._view = view
+        self._sections = {}
+        self._enabled = view.enabled
+        self._values = view.values  # last: get() reads only this
+
+    def _log_warnings(self, view: View) -> None:
+        for w in view.warnings:
+            log.warning("mlprefs: %s", w)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def watch(self) -> "Client":
+        """Start hot reload; returns once the watcher is armed (issue: hot reload)."""
+        from .watch import Watcher
+
+        with self._lock:
+            if self._watcher is None or not self._watcher.alive:
+                self._watcher = Watcher(self)
+                self._watcher.start()
+        return self
+
+    def watched_paths(self) -> list[str]:
+        """Every TOML file behind a layer, existing or not (what the watcher follows)."""
+        paths = [self.locations.policy, self.locations.user_file, *self._files]
+        if self.project_file is not None:
+            paths.append(self.project_file[0])
+        else:
+            paths.append(os.path.join(os.getcwd(), "mlprefs.toml"))
+        return paths
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        for service in self._services.values():
+            close = getattr(service, "close", None)
+            if close is not None:
+                close()
+        self._store.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<mlprefs Client user={self.user!r} project={self.project!r} "
+                f"store={self.locations.store!r} keys={len(self._values)}>")
+
+    # -- attached features --------------------------------------------------------
+    @property
+    def templates(self) -> Any:
+        from .templates import Templates
+
+        return Templates(self)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def _service(self, cls: type[T]) -> T:
+        svc = self._services.get(cls)
+        if svc is None:
+            svc = self._services[cls] = cls(self)
+        return svc
+
+    def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
+                       run_id: str | None = None, distributed: Any = False) -> Any:
+        """The framework-agnostic training driver (SPEC section 6)."""
+        from .training import TrainingHooks
+
+        return TrainingHooks(self, optimizer=optimizer, scheduler=scheduler, model=model,
+                             run_id=run_id, distributed=distributed)
+
+    @property
+    def curves(self) -> Any:
+        from .services.curves import Curves
+
+        return self._service(Curves)
+
+    @property
+    def data(self) -> Any:
+        from .services.privacy import DataPrivacy
+
+        return self._service(DataPrivacy)
+
+    @property
+    def monitor(self) -> Any:
+        from .services.monitor import Monitor
+
+        return self._service(Monitor)
+
+    @property
+    def feedback(self) -> Any:
+        from .services.feedback import Feedback
+
+        return self._service(Feedback)
+
+    @property
+    def models(self) -> Any:
+        from .services.registry import ModelRegistry
+
+        return self._service(ModelRegistry)
+
+    @property
+    def experiments(self) -> Any:
+        from .services.experiments import Experiments
+
+        return self._service(Experiments)
+
+    def on_alert(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """Monitoring alerts (prefs.monitor.check())."""
+        return self._events.listen("alert", callback)
+
+    def on_retrain(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """Retraining triggers (prefs.feedback.retrain_needed())."""
+        return self._events.listen("retrain", callback)
+
+
+def _error(problems: list[Problem]) -> ValidationError:
+    """One error for every problem; a file that does not parse makes it a ConfigFileError."""
+    for p in problems:
+        if p.rule == "toml" and p.source is not None:
+            reason = p.message.split("cannot parse TOML: ", 1)[-1]
+            column = int(p.source.detail.split()[-1]) if p.source.detail else None
+            return ConfigFileError(p.source.path or "", p.source.line, column, reason, problems)
+    return ValidationError(problems)

@@ -1,0 +1,100 @@
+"""One error root; each subclass also inherits the builtin a caller would expect to catch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .values import Problem, Source
+
+__all__ = [
+    "MlprefsError",
+    "ValidationError",
+    "ConfigFileError",
+    "UnknownKeyError",
+    "LockedKeyError",
+    "StoreError",
+    "FeatureDisabledError",
+    "PolicyError",
+]
+
+
+class MlprefsError(Exception):
+    """Root of every error the SDK raises."""
+
+
+class ValidationError(MlprefsError, ValueError):
+    """One or more values break a key's type, range or a cross-key rule."""
+
+    def __init__(self, problems: Sequence[Problem], header: str | None = None) -> None:
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems]
+        if header is None:
+            header = (
+                lines[0]
+                if len(lines) == 1
+                else f"{len(lines)} problems found in mlprefs preferences:"
+            )
+            if len(lines) == 1:
+                lines = []
+        super().__init__("\n  ".join([header, *lines]))
+
+
+class ConfigFileError(ValidationError):
+    """A TOML file cannot be read or parsed; carries path, line and column."""
+
+    def __init__(
+        self,
+        path: str,
+        line: int | None,
+        column: int | None,
+        reason: str,
+        problems: Sequence[Problem] = (),
+    ) -> None:
+        self.path, self.line, self.column, self.reason = path, line, column, reason
+        where = path + (f":{line}" if line else "") + (f":{column}" if column else "")
+        header = f"{where}: cannot parse TOML: {reason}"
+        others = [p for p in problems if p.rule != "toml"]
+        if others:
+            header += f" (and {len(others)} more problem(s))"
+        ValidationError.__init__(self, list(problems), header=header)
+
+
+class UnknownKeyError(MlprefsError, KeyError):
+    """The key is neither in the catalog nor registered."""
+
+    def __init__(self, key: str, suggestions: Sequence[str] = ()) -> None:
+        self.key, self.suggestions = key, tuple(suggestions)
+        msg = f"unknown preference key {key!r}"
+        if self.suggestions:
+            msg += "; did you mean " + " or ".join(self.suggestions) + "?"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class LockedKeyError(MlprefsError, PermissionError):
+    """The key is pinned by the policy file's [locked] table."""
+
+    def __init__(self, key: str, value: Any, locked_value: Any, source: Source) -> None:
+        self.key, self.value, self.locked_value, self.source = key, value, locked_value, source
+        super().__init__(
+            f"{key} is locked to {locked_value!r} by {source}; cannot set it to {value!r}"
+        )
+
+
+class StoreError(MlprefsError, OSError):
+    """The preference store cannot be opened, migrated or written."""
+
+
+class FeatureDisabledError(MlprefsError, RuntimeError):
+    """A service was used while the preference that enables it is off."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class PolicyError(MlprefsError, PermissionError):
+    """The data policy (or the policy file) forbids what was asked."""

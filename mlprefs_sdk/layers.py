@@ -1,0 +1,105 @@
+"""The eleven layers, each read into raw entries with their sources (validated in resolve)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+from .catalog import Catalog
+from .errors import ConfigFileError
+from .tomlfile import read_toml
+from .values import LAYERS, Problem, Source
+
+__all__ = ["Entry", "Layer", "defaults_layer", "file_layer", "policy_layers", "env_layer",
+           "mapping_layer", "ENV_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "MLPREFS__"
+
+
+@attrs.frozen
+class Entry:
+    value: Any
+    source: Source
+    from_string: bool = False
+
+
+@attrs.frozen
+class Layer:
+    """One source's raw values. `trusted` layers (the catalog's defaults) skip validation."""
+
+    name: str
+    entries: Mapping[str, Entry]
+    path: str | None = None
+    problems: tuple[Problem, ...] = ()
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+    trusted: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        assert self.name in LAYERS, self.name
+
+
+def defaults_layer(catalog: Catalog) -> Layer:
+    entries = {
+        key: Entry(spec.default, Source("defaults", catalog.path if spec.line else None,
+                                        spec.line, None if spec.line else "registered"))
+        for key, spec in catalog.specs().items()
+    }
+    return Layer("defaults", entries, catalog.path, trusted=True)
+
+
+def file_layer(name: str, path: str, section: str | None = None) -> Layer:
+    """A TOML override file; a missing file is an empty layer, a broken one carries its problem."""
+    try:
+        doc = read_toml(path, section=section)
+    except ConfigFileError as e:
+        return Layer(name, {}, path, problems=tuple(e.problems))
+    if doc is None:
+        return Layer(name, {}, path)
+    entries = {key: Entry(value, Source(name, path, line)) for key, (value, line) in doc.values.items()}
+    return Layer(name, entries, path, meta=dict(doc.meta))
+
+
+def policy_layers(path: str) -> tuple[Layer, Layer]:
+    """The org layer ([defaults]) and the locked layer ([locked]) of the policy file."""
+    try:
+        doc = read_toml(path, meta_table="")
+    except ConfigFileError as e:
+        return Layer("org", {}, path, problems=tuple(e.problems)), Layer("locked", {}, path)
+    if doc is None:
+        return Layer("org", {}, path), Layer("locked", {}, path)
+    out: dict[str, dict[str, Entry]] = {"defaults": {}, "locked": {}}
+    problems = []
+    for key, (value, line) in doc.values.items():
+        table, _, rest = key.partition(".")
+        if table in out and rest:
+            layer = "org" if table == "defaults" else "locked"
+            out[table][rest] = Entry(value, Source(layer, path, line))
+        else:
+            problems.append(Problem.for_value(
+                key, value, Source("org", path, line),
+                "is outside the policy file's [defaults] and [locked] tables", "policy"))
+    return (Layer("org", out["defaults"], path, problems=tuple(problems)),
+            Layer("locked", out["locked"], path))
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
+    """MLPREFS__ML__TRAINING__LEARNING_RATE=0.01 -> ml.training.learning_rate (strings, coerced)."""
+    environ = os.environ if environ is None else environ
+    entries = {}
+    n = len(ENV_PREFIX)
+    for name, value in environ.items():
+        if len(name) > n and name[:n].upper() == ENV_PREFIX:
+            key = ".".join(name[n:].lower().split("__"))
+            entries[key] = Entry(value, Source("env", detail=name), from_string=True)
+    return Layer("env", entries)
+
+
+def mapping_layer(name: str, values: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                  detail: str | None = None, from_string: bool = False) -> Layer:
+    items = values.items() if isinstance(values, Mapping) else values
+    return Layer(name, {k: Entry(v, Source(name, detail=detail), from_string) for k, v in items})

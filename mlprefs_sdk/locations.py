@@ -1,0 +1,71 @@
+"""Where files live: explicit argument, then environment variable, then platformdirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import attrs
+
+__all__ = ["Locations", "locate", "find_project_file"]
+
+APP = "mlprefs"
+
+
+@attrs.frozen
+class Locations:
+    store: str
+    user_file: str
+    policy: str
+
+    @property
+    def secret(self) -> str:
+        """The pseudonymisation secret lives beside the store, never inside it."""
+        return str(Path(self.store).with_name("secret.key"))
+
+
+def locate(store: str | None = None, env: Mapping[str, str] | None = None) -> Locations:
+    env = os.environ if env is None else env
+    home = env.get("MLPREFS_HOME")
+    if home:
+        data_dir = config_dir = os.path.abspath(os.path.expanduser(home))
+    else:
+        import platformdirs
+
+        data_dir = platformdirs.user_data_dir(APP, appauthor=False)
+        config_dir = platformdirs.user_config_dir(APP, appauthor=False)
+    store = store or env.get("MLPREFS_STORE") or os.path.join(data_dir, "prefs.db")
+    if store != ":memory:" and "://" not in store:
+        store = os.path.abspath(os.path.expanduser(store))
+    policy = env.get("MLPREFS_POLICY")
+    if not policy:
+        import platformdirs
+
+        policy = os.path.join(platformdirs.site_config_dir(APP, appauthor=False), "policy.toml")
+    return Locations(store=store, user_file=os.path.join(config_dir, "overrides.toml"),
+                     policy=os.path.abspath(policy))
+
+
+def find_project_file(start: str | None = None) -> tuple[str, str | None] | None:
+    """mlprefs.toml in start or a parent; else the nearest pyproject.toml with [tool.mlprefs].
+
+    Returns (path, section) where section is "tool.mlprefs" for a pyproject.
+    """
+    here = Path(start or os.getcwd()).resolve()
+    chain = [here, *here.parents]
+    for d in chain:
+        candidate = d / "mlprefs.toml"
+        if candidate.is_file():
+            return str(candidate), None
+    for d in chain:
+        candidate = d / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                text = candidate.read_text("utf-8")
+            except (OSError, UnicodeDecodeError):
+                return None
+            if "[tool.mlprefs" in text or "tool.mlprefs" in text:
+                return str(candidate), "tool.mlprefs"
+            return None
+    return None

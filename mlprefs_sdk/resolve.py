@@ -1,0 +1,104 @@
+"""Merge layers into one immutable View; collect every problem on the way."""
+
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import attrs
+
+from .catalog import Catalog, InvalidValue
+from .layers import Layer
+from .rules import check_rules
+from .values import Explanation, LayerValue, Problem, Source
+
+__all__ = ["View", "resolve"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class View:
+    """The resolved preferences. Never mutated: a change builds a new View and swaps it in."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, Source]
+    enabled: Mapping[str, bool]
+    layers: tuple[Layer, ...]
+    catalog: Catalog
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def locked(self) -> Mapping[str, Any]:
+        for layer in self.layers:
+            if layer.name == "locked":
+                return layer.entries
+        return {}
+
+    def explain(self, key: str) -> Explanation:
+        spec = self.catalog[key]
+        chain = []
+        for layer in self.layers:
+            entry = layer.entries.get(key)
+            if entry is None:
+                continue
+            try:
+                value = spec.check(entry.value, from_string=entry.from_string)
+            except InvalidValue:
+                value = entry.value
+            chain.append(LayerValue(layer.name, value, entry.source))
+        return Explanation(key, self.values[key], self.sources[key], tuple(chain),
+                           key in self.locked)
+
+
+def resolve(catalog: Catalog, layers: Sequence[Layer]) -> tuple[View, list[Problem]]:
+    """Highest layer wins. Returns the view and every error; warnings stay on the view."""
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    problems: list[Problem] = []
+    unregistered: list[Problem] = []
+    specs = catalog.specs()
+    for layer in layers:
+        problems.extend(layer.problems)
+        if layer.trusted:
+            for key, entry in layer.entries.items():
+                values[key] = entry.value
+                sources[key] = entry.source
+            continue
+        for key, entry in layer.entries.items():
+            spec = specs.get(key)
+            if spec is None:
+                if key.startswith("ml.") or layer.name in ("locked", "org", "template"):
+                    problems.append(_unknown(catalog, key, entry))
+                else:
+                    # Perhaps a key a plugin registers later; it applies from then on.
+                    unregistered.append(Problem.for_value(
+                        key, entry.value, entry.source,
+                        "is not a registered key (ignored until registered)", "unregistered",
+                        severity="warning"))
+                continue
+            try:
+                values[key] = spec.check(entry.value, from_string=entry.from_string)
+            except InvalidValue as e:
+                problems.append(Problem.for_value(key, entry.value, entry.source, e.reason, e.rule))
+                continue
+            sources[key] = entry.source
+    found = check_rules(values, sources)
+    problems.extend(p for p in found if p.severity == "error")
+    warnings = tuple(unregistered) + tuple(p for p in found if p.severity != "error")
+    global_on = values.get("ml.global.enabled", True)
+    enabled = {
+        k: (v and global_on) if k.startswith("ml.features.") else v
+        for k, v in values.items()
+        if type(v) is bool
+    }
+    view = View(MappingProxyType(values), MappingProxyType(sources), enabled, tuple(layers),
+                catalog, warnings)
+    return view, problems
+
+
+def _unknown(catalog: Catalog, key: str, entry: Any) -> Problem:
+    near = catalog.suggest(key)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return Problem.for_value(key, entry.value, entry.source, "is not a known key" + hint, "unknown-key")

@@ -1,0 +1,147 @@
+"""Frozen value objects returned by the public API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+__all__ = ["Source", "LayerValue", "Explanation", "Change", "ChangeSet", "HistoryEntry", "Problem"]
+
+LAYERS = (
+    "defaults",
+    "org",
+    "template",
+    "user",
+    "project",
+    "user-file",
+    "project-file",
+    "file",
+    "env",
+    "runtime",
+    "locked",
+)
+
+
+def show_path(path: str) -> str:
+    """Paths under the working directory print as ./relative, like the SPEC's messages."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else "./" + rel
+
+
+def format_value(value: Any) -> str:
+    """TOML spelling, so messages read like the file the user edits."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+@attrs.frozen
+class Source:
+    """Where a value came from: layer, plus file and line, or scope/variable in detail."""
+
+    layer: str
+    path: str | None = None
+    line: int | None = None
+    detail: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            where = show_path(self.path) + (f":{self.line}" if self.line else "")
+            return where if self.layer in ("user-file", "project-file", "file", "defaults") else (
+                f"{where} ({self.layer})"
+            )
+        return f"{self.layer} ({self.detail})" if self.detail else self.layer
+
+
+@attrs.frozen
+class LayerValue:
+    layer: str
+    value: Any
+    source: Source
+
+
+@attrs.frozen
+class Explanation:
+    key: str
+    value: Any
+    source: Source
+    chain: tuple[LayerValue, ...]
+    locked: bool
+
+
+@attrs.frozen
+class Change:
+    key: str
+    old: Any
+    new: Any
+    source: Source
+
+
+@attrs.frozen
+class ChangeSet:
+    """Every key one edit changed, delivered together."""
+
+    changes: tuple[Change, ...]
+
+    def __iter__(self):
+        return iter(self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(c.key for c in self.changes)
+
+    def get(self, key: str) -> Change | None:
+        for c in self.changes:
+            if c.key == key:
+                return c
+        return None
+
+
+@attrs.frozen
+class HistoryEntry:
+    id: int
+    scope: str
+    key: str
+    old: Any
+    new: Any
+    at: float
+    actor: str
+    reason: str | None
+    scope_id: str | None = None
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with one value: the message names key, value, source and rule."""
+
+    key: str
+    value: Any
+    message: str
+    source: Source | None = None
+    rule: str = ""
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def for_value(
+        cls, key: str, value: Any, source: Source | None, reason: str, rule: str,
+        severity: str = "error",
+    ) -> "Problem":
+        where = f" in {source}" if source is not None else ""
+        msg = f"{key} = {format_value(value)}{where} {reason}"
+        return cls(key, value, msg, source, rule, severity)

@@ -523,6 +523,13 @@ class Client:
 
         return self._service(Experiments)
 
+    @functools.cached_property
+    def _pseudonym(self) -> Callable[[str], str]:
+        """subject -> keyed pseudonym; shared by every service that stores subject ids."""
+        from .pseudonym import Pseudonymizer
+
+        return Pseudonymizer(self.locations.secret)
+
     def on_alert(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
         """Monitoring alerts (prefs.monitor.check())."""
         return self._events.listen("alert", callback)

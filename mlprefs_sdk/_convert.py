@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import functools
+from typing import Any, Mapping, TypeVar
 
-__all__ = ["converter"]
+from .errors import ValidationError
+from .values import Problem, Source, format_value
+
+__all__ = ["converter", "structure"]
+
+T = TypeVar("T")
 
 
 @functools.cache
-def converter():
+def converter() -> Any:
     """Import cattrs only when first needed; extra keys are errors, so typos surface."""
     import cattrs
 
-    conv = cattrs.Converter(forbid_extra_keys=True)
-    return conv
+    return cattrs.Converter(forbid_extra_keys=True)
+
+
+def structure(data: Mapping[str, Any], cls: type[T], prefix: str) -> T:
+    """Build the user's class; a field whose type cannot hold the value is a ValidationError."""
+    import cattrs
+
+    try:
+        return converter().structure(dict(data), cls)
+    except cattrs.BaseValidationError as e:
+        problems = []
+        for message in cattrs.transform_error(e, path=prefix):
+            reason, _, where = message.rpartition(" @ ")
+            key = where.replace("['", ".").replace("']", "").replace("[", ".").rstrip("]")
+            field = key[len(prefix) + 1 :].split(".", 1)[0]
+            value = data.get(field)
+            problems.append(Problem(
+                key=key, value=value, rule="type",
+                message=f"{key} = {format_value(value)} does not fit {cls.__name__}.{field}: {reason}",
+                source=Source("runtime", detail=f"load({cls.__name__})")))
+        raise ValidationError(problems) from None

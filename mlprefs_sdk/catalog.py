@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
+import os
 import re
-import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
@@ -153,15 +150,26 @@ class KeySpec:
 
 
 def _packaged_defaults() -> tuple[str, str]:
-    """defaults.toml from the wheel, or from the repository top level in a source checkout."""
+    """defaults.toml inside the installed package (the wheel puts it there), else at the
+    repository top level (a source checkout or an editable install).
+
+    Plain paths first: importlib.resources costs ~10 ms of import time and is needed only
+    when the package is imported from a zip.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (os.path.join(here, "defaults.toml"),
+                 os.path.join(os.path.dirname(here), "defaults.toml")):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return path, f.read()
+    from importlib import resources
+
+    res = resources.files("mlprefs_sdk").joinpath("defaults.toml")
     try:
-        res = resources.files("mlprefs_sdk").joinpath("defaults.toml")
-        if res.is_file():
-            return str(res), res.read_text("utf-8")
-    except (FileNotFoundError, ModuleNotFoundError):  # pragma: no cover - odd loaders
-        pass
-    path = Path(__file__).resolve().parent.parent / "defaults.toml"
-    return str(path), path.read_text("utf-8")
+        return str(res), res.read_text("utf-8")
+    except OSError as e:
+        raise MlprefsError(f"the packaged key catalog defaults.toml is missing ({e}); "
+                           f"reinstall mlprefs-sdk") from None
 
 
 class Catalog:
@@ -178,6 +186,8 @@ class Catalog:
 
     @classmethod
     def from_toml(cls, text: str, path: str) -> "Catalog":
+        import tomllib
+
         from .tomlfile import key_lines
 
         data = tomllib.loads(text)
@@ -190,7 +200,9 @@ class Catalog:
         return cls(specs, path)
 
     def copy(self) -> "Catalog":
-        return Catalog(self._specs.values(), self.path)
+        new = Catalog((), self.path)
+        new._specs = dict(self._specs)
+        return new
 
     def register(self, spec: KeySpec) -> None:
         old = self._specs.get(spec.key)
@@ -219,15 +231,38 @@ class Catalog:
         return self._specs
 
     def suggest(self, key: str, n: int = 3) -> list[str]:
-        """Nearest known keys, by whole key and by last segment (catches a wrong section)."""
-        keys = list(self._specs)
-        found = difflib.get_close_matches(key, keys, n=n, cutoff=0.75)
-        tail = key.rsplit(".", 1)[-1]
-        by_tail = {k.rsplit(".", 1)[-1]: k for k in keys}
-        for t in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.8):
-            if by_tail[t] not in found:
-                found.append(by_tail[t])
-        return found[:n]
+        """Nearest known keys: a typo in the whole key, a near or partial last segment in any
+        section (`ml.training.batch` -> ml.performance.batch_size), closest first."""
+        import difflib
+
+        tail = key.rsplit(".", 1)[-1].lower()
+        words = set(tail.split("_")) - {""}
+        whole, last = difflib.SequenceMatcher(), difflib.SequenceMatcher()
+        whole.set_seq2(key)  # seq2 is the one SequenceMatcher caches
+        last.set_seq2(tail)
+        scored = []
+        for known in self._specs:
+            known_tail = known.rsplit(".", 1)[-1]
+            score = _ratio(whole, known, 0.75)
+            if score < 0.75:
+                tail_score = _ratio(last, known_tail, 0.8)
+                if tail_score >= 0.8:
+                    score = 0.7 + tail_score / 10
+                elif words and len(tail) >= 3 and words <= set(known_tail.split("_")):
+                    score = 0.6  # every word of the name appears in the known one
+                else:
+                    continue
+            scored.append((score, known))
+        scored.sort(key=lambda sk: (-sk[0], sk[1]))
+        return [k for _, k in scored[:n]]
+
+
+def _ratio(matcher: Any, text: str, cutoff: float) -> float:
+    """difflib ratio, skipping the full computation when the cheap upper bounds miss cutoff."""
+    matcher.set_seq1(text)
+    if matcher.real_quick_ratio() < cutoff or matcher.quick_ratio() < cutoff:
+        return 0.0
+    return matcher.ratio()
 
 
 def _tables(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
+
+import attrs
 
 from . import layers as L
 from .catalog import Catalog, InvalidValue, KeySpec
 from .errors import ConfigFileError, LockedKeyError, MlprefsError, UnknownKeyError, ValidationError
 from .events import Dispatcher, Subscription
 from .locations import Locations, find_project_file, locate
-from .resolve import View, resolve
-from .store import UNSET, Store, open_store
-from .values import LAYERS, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
+from .resolve import View, add_key, resolve
+from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["Client"]
 
@@ -34,6 +37,8 @@ def _packaged_catalog() -> Catalog:
 
 
 def _login() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)
@@ -68,8 +73,11 @@ class Client:
         self._closed = False
         self._sections: dict[str, Any] = {}
         self._services: dict[str, Any] = {}
+        self._defaults: tuple[Catalog | None, L.Layer | None] = (None, None)
 
         self.project_file: tuple[str, str | None] | None = find_project_file() if discover else None
+        from .store import open_store  # sqlite3 and json load with the first Client
+
         self._store: Store = open_store(self.locations.store)
         self._slots: dict[str, tuple[L.Layer, ...]] = {}
         project_layer = self._read_project_file()
@@ -121,20 +129,21 @@ class Client:
 
     def section(self, prefix: str) -> Any:
         """A frozen attrs object with one typed field per key below prefix (e.g. "ml.training")."""
-        view = self._view
-        cache = self._sections
+        cache, view = self._sections, self._view  # a swap replaces both; never mix two views
         obj = cache.get(prefix)
         if obj is None:
             from .sections import build_section
 
-            obj = cache[prefix] = build_section(view.catalog, view.values, prefix)
+            obj = build_section(view.catalog, view.values, prefix)
+            if self._view is view:
+                cache[prefix] = obj
         return obj
 
     def load(self, cls: type[T], prefix: str) -> T:
         """Structure the user's attrs class from the keys below prefix (its fields only)."""
         import attrs
 
-        from ._convert import converter
+        from ._convert import structure
 
         values = self._view.values
         data = {}
@@ -144,7 +153,7 @@ class Client:
                 data[field.name] = values[key]
             elif field.default is attrs.NOTHING:
                 raise UnknownKeyError(key, self._catalog.suggest(key))
-        return converter().structure(data, cls)
+        return structure(data, cls, prefix)
 
     def explain(self, key: str) -> Explanation:
         if key not in self._values:
@@ -175,17 +184,11 @@ class Client:
 
     def _set_many(self, values: Mapping[str, Any], scope: str, reason: str | None = None,
                   from_string: bool = False) -> list[HistoryEntry]:
-        locked = self._view.locked
-        for key, value in values.items():
-            if key in locked:
-                entry = locked[key]
-                raise LockedKeyError(key, value, entry.value, entry.source)
+        self._check_writable(values.items())
         scope_id = self._scope_id(scope)
         source = Source(scope, detail=f"{scope} {scope_id!r}, set by {self.user}")
         typed, problems = [], []
         for key, value in values.items():
-            if key not in self._catalog:
-                raise UnknownKeyError(key, self._catalog.suggest(key))
             try:
                 typed.append((key, self._catalog[key].check(value, from_string=from_string)))
             except InvalidValue as e:
@@ -194,23 +197,42 @@ class Client:
             raise ValidationError(problems)
         return self._write(scope, typed, reason)
 
+    def _check_writable(self, changes: Iterable[tuple[str, Any]]) -> None:
+        """Locked keys first (before any other rule), then unknown keys."""
+        changes = list(changes)
+        locked = self._view.locked
+        for key, value in changes:
+            if key in locked and value is not UNSET:
+                entry = locked[key]
+                raise LockedKeyError(key, value, entry.value, entry.source)
+        for key, _ in changes:
+            if key not in self._catalog:
+                raise UnknownKeyError(key, self._catalog.suggest(key))
+
     def _write(self, scope: str, changes: list[tuple[str, Any]], reason: str | None,
                run_id: str | None = None, step: int | None = None) -> list[HistoryEntry]:
+        """Write to a store scope; the result is validated inside the write transaction.
+
+        Both store scopes are re-read under the store's write lock, so the cross-key rules see
+        what other processes committed meanwhile: two writers cannot each pass validation
+        against a stale view and together store a combination that breaks a rule.
+        """
+        self._check_writable(changes)
         scope_id = self._scope_id(scope)
         with self._lock:
-            current = {k: e.value for k, e in self._slots[scope][0].entries.items()}
-            for key, value in changes:
-                if value is UNSET:
-                    current.pop(key, None)
-                else:
-                    current[key] = value
-            trial = self._store_layer(scope, scope_id,
-                                      {k: (v, 0.0, self.user) for k, v in current.items()})
-            _, problems = self._resolve({scope: (trial,)})
-            if problems:
-                raise _error(problems)
-            entries = self._store.write(scope, scope_id, changes, self.user, reason, run_id, step)
-            self._refresh((scope,), origin=f"{scope} store")
+            checked: dict[str, Any] = {}
+
+            def check() -> None:
+                fresh = self._read_slots(SCOPES)
+                view, problems = self._resolve(fresh)
+                if problems:
+                    raise _error(problems)
+                checked["slots"], checked["view"] = fresh, view
+
+            entries = self._store.write(scope, scope_id, changes, self.user, reason, run_id,
+                                        step, check=check)
+            self._slots.update(checked["slots"])
+            self._swap(checked["view"])
         return entries
 
     def _scope_id(self, scope: str) -> str:
@@ -274,13 +296,18 @@ class Client:
                 return spec
             catalog = self._catalog.copy()
             catalog.register(spec)
-            old = self._catalog
+            (defaults,) = self._slots["defaults"]
+            defaults = attrs.evolve(defaults, entries={**defaults.entries,
+                                                       key: L.default_entry(catalog, spec)})
+            slots = {**self._slots, "defaults": (defaults,)}
+            view, problems = add_key(self._view, catalog,
+                                     [layer for slot in LAYERS for layer in slots[slot]], spec)
+            if problems:
+                raise _error(problems)
             self._catalog = catalog
-            try:
-                self._refresh(("defaults",), origin="register", strict=True)
-            except MlprefsError:
-                self._catalog = old
-                raise
+            self._slots["defaults"] = (defaults,)
+            self._defaults = (catalog, defaults)
+            self._swap(view, keys=(key,))
         return spec
 
     # -- change events ----------------------------------------------------------
@@ -320,8 +347,10 @@ class Client:
         return out
 
     def _read_slot(self, slot: str) -> tuple[L.Layer, ...]:
-        if slot == "defaults":
-            return (L.defaults_layer(self._catalog),)
+        if slot == "defaults":  # built once per catalog: 10,000 registered keys stay cheap
+            if self._defaults[0] is not self._catalog:
+                self._defaults = (self._catalog, L.defaults_layer(self._catalog))
+            return (self._defaults[1],)
         if slot == "template":
             return (self._template_layer(),)
         if slot in SCOPES:
@@ -349,12 +378,12 @@ class Client:
             return L.Layer("template", {})
         from .templates import BUILTIN_TEMPLATES
 
-        values = BUILTIN_TEMPLATES.get(self.template)
+        saved = self._store.saved_templates()
+        values = BUILTIN_TEMPLATES.get(self.template, saved.get(self.template))
         if values is None:
-            values = self._store.saved_templates().get(self.template)
-        if values is None:
+            known = ", ".join(sorted({*BUILTIN_TEMPLATES, *saved}))
             problem = Problem(key="", value=self.template, source=Source("template"), rule="template",
-                              message=f"template {self.template!r} does not exist")
+                              message=f"template {self.template!r} does not exist; known: {known}")
             return L.Layer("template", {}, problems=(problem,))
         return L.mapping_layer("template", values, detail=self.template)
 
@@ -393,14 +422,18 @@ class Client:
             self._slots.update(fresh)
             return self._swap(view)
 
-    def _swap(self, view: View) -> ChangeSet:
+    def _swap(self, view: View, keys: Iterable[str] | None = None) -> ChangeSet:
+        """Install the view and announce what changed (only among `keys`, when given)."""
         old = self._view
         self._install(view)
+        new_values, old_values = view.values, old.values
+        if keys is None:
+            # A key's type is fixed by its spec, so plain equality finds every change.
+            keys = () if new_values == old_values else new_values
         changes = tuple(
-            Change(key, old.values.get(key), value, view.sources[key])
-            for key, value in view.values.items()
-            if key not in old.values or old.values[key] != value
-            or type(old.values[key]) is not type(value)
+            Change(key, old_values.get(key), new_values[key], view.sources[key])
+            for key in keys
+            if key not in old_values or old_values[key] != new_values[key]
         )
         cs = ChangeSet(changes)
         if changes:

@@ -51,13 +51,18 @@ class ConfigFileError(ValidationError):
         reason: str,
         problems: Sequence[Problem] = (),
     ) -> None:
+        from .values import show_path
+
         self.path, self.line, self.column, self.reason = path, line, column, reason
-        where = path + (f":{line}" if line else "") + (f":{column}" if column else "")
+        self.problems = list(problems)
+        where = show_path(path) + (f":{line}" if line else "") + (f":{column}" if column else "")
         header = f"{where}: cannot parse TOML: {reason}"
-        others = [p for p in problems if p.rule != "toml"]
+        # The parse failure itself is the header; list only the other problems under it.
+        others = [str(p) for p in self.problems
+                  if not (p.rule == "toml" and p.source is not None and p.source.path == path)]
         if others:
-            header += f" (and {len(others)} more problem(s))"
-        ValidationError.__init__(self, list(problems), header=header)
+            header += f"; {len(others)} more problem(s):"
+        MlprefsError.__init__(self, "\n  ".join([header, *others]))
 
 
 class UnknownKeyError(MlprefsError, KeyError):

@@ -8,13 +8,12 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-from .catalog import Catalog
+from .catalog import Catalog, KeySpec
 from .errors import ConfigFileError
-from .tomlfile import read_toml
 from .values import LAYERS, Problem, Source
 
-__all__ = ["Entry", "Layer", "defaults_layer", "file_layer", "policy_layers", "env_layer",
-           "mapping_layer", "ENV_PREFIX"]
+__all__ = ["Entry", "Layer", "defaults_layer", "default_entry", "file_layer", "policy_layers",
+           "env_layer", "mapping_layer", "ENV_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +43,21 @@ class Layer:
 
 
 def defaults_layer(catalog: Catalog) -> Layer:
-    entries = {
-        key: Entry(spec.default, Source("defaults", catalog.path if spec.line else None,
-                                        spec.line, None if spec.line else "registered"))
-        for key, spec in catalog.specs().items()
-    }
+    entries = {key: default_entry(catalog, spec) for key, spec in catalog.specs().items()}
     return Layer("defaults", entries, catalog.path, trusted=True)
+
+
+def default_entry(catalog: Catalog, spec: KeySpec) -> Entry:
+    """A packaged key points at its line in defaults.toml; a registered one says so."""
+    if spec.line:
+        return Entry(spec.default, Source("defaults", catalog.path, spec.line))
+    return Entry(spec.default, Source("defaults", detail="registered"))
 
 
 def file_layer(name: str, path: str, section: str | None = None) -> Layer:
     """A TOML override file; a missing file is an empty layer, a broken one carries its problem."""
+    from .tomlfile import read_toml  # tomllib loads on first use, not on `import mlprefs_sdk`
+
     try:
         doc = read_toml(path, section=section)
     except ConfigFileError as e:
@@ -66,6 +70,8 @@ def file_layer(name: str, path: str, section: str | None = None) -> Layer:
 
 def policy_layers(path: str) -> tuple[Layer, Layer]:
     """The org layer ([defaults]) and the locked layer ([locked]) of the policy file."""
+    from .tomlfile import read_toml
+
     try:
         doc = read_toml(path, meta_table="")
     except ConfigFileError as e:

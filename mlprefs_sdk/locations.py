@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping
 
 import attrs
@@ -22,7 +21,9 @@ class Locations:
     @property
     def secret(self) -> str:
         """The pseudonymisation secret lives beside the store, never inside it."""
-        return str(Path(self.store).with_name("secret.key"))
+        if self.store == ":memory:":
+            return ":memory:"  # an in-memory store gets an in-memory key, not ./secret.key
+        return os.path.join(os.path.dirname(self.store), "secret.key")
 
 
 def locate(store: str | None = None, env: Mapping[str, str] | None = None) -> Locations:
@@ -52,6 +53,8 @@ def find_project_file(start: str | None = None) -> tuple[str, str | None] | None
 
     Returns (path, section) where section is "tool.mlprefs" for a pyproject.
     """
+    from pathlib import Path
+
     here = Path(start or os.getcwd()).resolve()
     chain = [here, *here.parents]
     for d in chain:

@@ -8,12 +8,12 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 
-from .catalog import Catalog, InvalidValue
-from .layers import Layer
+from .catalog import Catalog, InvalidValue, KeySpec
+from .layers import Entry, Layer
 from .rules import check_rules
 from .values import Explanation, LayerValue, Problem, Source
 
-__all__ = ["View", "resolve"]
+__all__ = ["View", "resolve", "add_key"]
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,10 @@ def resolve(catalog: Catalog, layers: Sequence[Layer]) -> tuple[View, list[Probl
                         "is not a registered key (ignored until registered)", "unregistered",
                         severity="warning"))
                 continue
-            try:
-                values[key] = spec.check(entry.value, from_string=entry.from_string)
-            except InvalidValue as e:
-                problems.append(Problem.for_value(key, entry.value, entry.source, e.reason, e.rule))
-                continue
-            sources[key] = entry.source
+            value = _checked(spec, entry, problems)
+            if value is not _INVALID:
+                values[key] = value
+                sources[key] = entry.source
     found = check_rules(values, sources)
     problems.extend(p for p in found if p.severity == "error")
     warnings = tuple(unregistered) + tuple(p for p in found if p.severity != "error")
@@ -96,6 +94,48 @@ def resolve(catalog: Catalog, layers: Sequence[Layer]) -> tuple[View, list[Probl
     view = View(MappingProxyType(values), MappingProxyType(sources), enabled, tuple(layers),
                 catalog, warnings)
     return view, problems
+
+
+def add_key(view: View, catalog: Catalog, layers: Sequence[Layer],
+            spec: KeySpec) -> tuple[View, list[Problem]]:
+    """`view` plus the newly registered key `spec`, without re-resolving the other keys.
+
+    Registering thousands of keys one by one must not re-resolve thousands of times. A
+    registered key lies outside ml., so no cross-key rule can involve it; only its own
+    entries (a file may have set it before it was registered) need resolving.
+    """
+    key = spec.key
+    problems: list[Problem] = []
+    value: Any = _INVALID
+    source: Source | None = None
+    for layer in layers:
+        entry = layer.entries.get(key)
+        if entry is None:
+            continue
+        checked = entry.value if layer.trusted else _checked(spec, entry, problems)
+        if checked is not _INVALID:
+            value, source = checked, entry.source
+    values, sources = view.values.copy(), view.sources.copy()  # dict copies, C speed
+    values[key], sources[key] = value, source
+    enabled = view.enabled
+    if type(value) is bool:
+        enabled = dict(enabled)
+        enabled[key] = value
+    warnings = tuple(w for w in view.warnings if not (w.rule == "unregistered" and w.key == key))
+    return View(MappingProxyType(values), MappingProxyType(sources), enabled, tuple(layers),
+                catalog, warnings), problems
+
+
+_INVALID: Any = object()
+
+
+def _checked(spec: KeySpec, entry: Entry, problems: list[Problem]) -> Any:
+    """The entry's value typed for its key, or _INVALID with the problem recorded."""
+    try:
+        return spec.check(entry.value, from_string=entry.from_string)
+    except InvalidValue as e:
+        problems.append(Problem.for_value(spec.key, entry.value, entry.source, e.reason, e.rule))
+        return _INVALID
 
 
 def _unknown(catalog: Catalog, key: str, entry: Any) -> Problem:

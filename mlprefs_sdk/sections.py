@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import keyword
 from typing import Any, Mapping
 
 import attrs
 
 from .catalog import Catalog
 
-__all__ = ["build_section"]
+__all__ = ["build_section", "field_name"]
 
 
 def build_section(catalog: Catalog, values: Mapping[str, Any], prefix: str) -> Any:
@@ -25,6 +26,13 @@ def build_section(catalog: Catalog, values: Mapping[str, Any], prefix: str) -> A
     return cls(**kwargs)
 
 
+def field_name(segment: str) -> str:
+    """A key segment as an attribute name: `global` -> `global_` (PEP 8), `3d` -> `_3d`."""
+    if keyword.iskeyword(segment):
+        return segment + "_"
+    return segment if segment.isidentifier() else "_" + segment
+
+
 @functools.lru_cache(maxsize=512)
 def _section_class(catalog: Catalog, keys: frozenset[str], prefix: str):
     children: dict[str, str] = {}
@@ -35,18 +43,18 @@ def _section_class(catalog: Catalog, keys: frozenset[str], prefix: str):
         if not key.startswith(dotted):
             continue
         head, _, rest = key[len(dotted):].partition(".")
-        full = dotted + head
+        full, name = dotted + head, field_name(head)
         if rest:
-            children.setdefault(head, full)
-            types.setdefault(head, object)
+            children.setdefault(name, full)
+            types.setdefault(name, object)
         else:
-            children[head] = full
-            types[head] = specs[key].type
+            children[name] = full
+            types[name] = specs[key].type
     if not children:
         from .errors import UnknownKeyError
 
         raise UnknownKeyError(prefix, catalog.suggest(prefix + ".x"))
     name = "".join(p.title() for p in prefix.replace("_", ".").split(".")) + "Section"
-    cls = attrs.make_class(name, {n: attrs.field(type=types[n]) for n in children},
+    cls = attrs.make_class(name, {n: attrs.field(type=types[n], alias=n) for n in children},
                            frozen=True, slots=True)
     return cls, children

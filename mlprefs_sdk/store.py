@@ -14,17 +14,16 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ._migrations import MIGRATIONS
 from .errors import StoreError
-from .values import HistoryEntry
+from .values import UNSET, HistoryEntry
 
 __all__ = ["Store", "SQLiteStore", "open_store", "UNSET"]
 
 log = logging.getLogger(__name__)
 
-UNSET: Any = object()  # marks a removal in Store.write
 BUSY_TIMEOUT_S = 60.0
 
 
@@ -36,7 +35,8 @@ class Store(Protocol):
     def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]: ...
     def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
               reason: str | None = None, run_id: str | None = None,
-              step: int | None = None) -> list[HistoryEntry]: ...
+              step: int | None = None,
+              check: Callable[[], None] | None = None) -> list[HistoryEntry]: ...
     def history(self, key: str | None = None, scope: str | None = None,
                 scope_id: str | None = None, limit: int = 100) -> list[HistoryEntry]: ...
     def history_entry(self, entry_id: int) -> HistoryEntry | None: ...
@@ -78,20 +78,42 @@ class SQLiteStore:
         path = self.location
         if path != ":memory:":
             self._prepare_file(path)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            # The version is read before any pragma writes: a store from a newer mlprefs (or
+            # a file that is not SQLite at all) is refused without being touched.
+            self._check_version(conn)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode not in ("wal", "memory"):
+                log.warning("mlprefs: %s runs in %s journal mode, not WAL (filesystem without "
+                            "shared memory?); concurrent readers will wait on writers", path, mode)
+            conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a returned commit is on disk
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=ON")
-            self._conn, self._pid = conn, os.getpid()
             self._migrate(conn)
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            conn.close()
+            raise StoreError(f"{path}: cannot open the store ({e})") from None
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: not a usable mlprefs store ({e}); move it aside or "
-                             f"point MLPREFS_STORE at another file") from None
+            conn.close()
+            raise StoreError(f"{path}: not an mlprefs store ({e}); move it aside or point "
+                             f"MLPREFS_STORE at another file") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        known = len(MIGRATIONS)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > known:
+            raise StoreError(
+                f"{self.location} has schema version {version}, newer than this mlprefs-sdk "
+                f"knows ({known}); upgrade mlprefs-sdk, or point MLPREFS_STORE at another file"
+            )
 
     @staticmethod
     def _prepare_file(path: str) -> None:
@@ -111,11 +133,6 @@ class SQLiteStore:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         known = len(MIGRATIONS)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > known:
-            raise StoreError(
-                f"{self.location} has schema version {version}, newer than this mlprefs-sdk "
-                f"knows ({known}); upgrade mlprefs-sdk"
-            )
         while version < known:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -126,7 +143,8 @@ class SQLiteStore:
                     conn.execute(f"PRAGMA user_version = {version}")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
     @property
@@ -153,13 +171,18 @@ class SQLiteStore:
                 raise StoreError(f"{self.location}: could not start a write: {e}") from None
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
                 conn.execute("COMMIT")
             except sqlite3.OperationalError as e:
-                raise StoreError(f"{self.location}: could not commit: {e}") from None
+                self._rollback(conn)
+                raise StoreError(f"{self.location}: write failed, nothing was changed: {e}") from None
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+            conn.execute("ROLLBACK")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
@@ -188,8 +211,15 @@ class SQLiteStore:
 
     def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
               reason: str | None = None, run_id: str | None = None,
-              step: int | None = None) -> list[HistoryEntry]:
-        """Write values (or UNSET) and their history rows in one transaction."""
+              step: int | None = None,
+              check: Callable[[], None] | None = None) -> list[HistoryEntry]:
+        """Write values (or UNSET) and their history rows in one transaction.
+
+        `check` runs inside the transaction after the rows changed and before the commit; it
+        reads the store through this object (seeing the pending rows and, with the write lock
+        held, no other writer's) and raises to roll everything back. That is how the Client
+        validates cross-key rules against the store as it is, not as it last read it.
+        """
         now = time.time()
         entries = []
         with self.transaction() as db:
@@ -210,12 +240,15 @@ class SQLiteStore:
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE "
                         "SET value = excluded.value, updated_at = excluded.updated_at, "
                         "actor = excluded.actor", (scope, scope_id, key, new_text, now, actor))
-                cur = db.execute(
+                (entry_id,) = db.execute(
                     "INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, "
-                    "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (scope, scope_id, key, old_text, new_text, now, actor, reason, run_id, step))
-                entries.append(HistoryEntry(cur.lastrowid, scope, key, _load(old_text),
+                    "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (scope, scope_id, key, old_text, new_text, now, actor, reason, run_id, step),
+                ).fetchone()
+                entries.append(HistoryEntry(entry_id, scope, key, _load(old_text),
                                             _load(new_text), now, actor, reason, scope_id))
+            if check is not None:
+                check()
         return entries
 
     def history(self, key: str | None = None, scope: str | None = None,

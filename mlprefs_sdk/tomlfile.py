@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping
 import attrs
 
 from .errors import ConfigFileError
-from .values import Problem, Source
+from .values import Problem, Source, show_path
 
 __all__ = ["TomlDoc", "read_toml", "parse_toml", "key_lines", "flatten"]
 
@@ -49,9 +49,12 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
+        # Python 3.11 puts the position only in the message: "Invalid value (at line 4, column 14)".
         m = _POS.search(str(e))
         line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
-        reason = _POS.sub("", str(e)).strip()
+        if m is None and "end of document" in str(e):
+            line = text.count("\n") + 1
+        reason = _POS.sub("", str(e)).replace("(at end of document)", "at end of file").strip()
         raise _file_error(path, line, col, reason) from None
     lines = key_lines(text)
     prefix = ""
@@ -70,7 +73,8 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
 
 def _file_error(path: str, line: int | None, col: int | None, reason: str) -> ConfigFileError:
     source = Source("file", path, line, f"column {col}" if col else None)
-    problem = Problem(key="", value=None, message=f"{source}: cannot parse TOML: {reason}",
+    where = show_path(path) + (f":{line}" if line else "") + (f":{col}" if col else "")
+    problem = Problem(key="", value=None, message=f"{where}: cannot parse TOML: {reason}",
                       source=source, rule="toml")
     return ConfigFileError(path, line, col, reason, [problem])
 

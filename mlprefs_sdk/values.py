@@ -9,6 +9,8 @@ import attrs
 
 __all__ = ["Source", "LayerValue", "Explanation", "Change", "ChangeSet", "HistoryEntry", "Problem"]
 
+UNSET: Any = object()  # marks a removal in Store.write (store.UNSET is this object)
+
 LAYERS = (
     "defaults",
     "org",

@@ -54,6 +54,43 @@ def m002_templates(db: Any) -> None:
 
 def m003_runs(db: Any) -> None:
     """Training runs: their state (for resume), changes applied mid-run, learning curves."""
+    db.execute(
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            actor TEXT NOT NULL,
+            project TEXT,
+            status TEXT NOT NULL,
+            stop_reason TEXT,
+            iteration INTEGER NOT NULL,
+            steps INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            updated_at REAL NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE run_changes (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            iteration INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            old TEXT,
+            new TEXT,
+            source TEXT NOT NULL,
+            applied INTEGER NOT NULL,
+            at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX run_changes_run ON run_changes (run_id, id)")
+    db.execute(
+        """CREATE TABLE curves (
+            run_id TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            metric TEXT NOT NULL,
+            value REAL,
+            at REAL NOT NULL,
+            PRIMARY KEY (run_id, epoch, metric))"""
+    )
+    db.execute("CREATE INDEX curves_at ON curves (at)")
 
 
 def m004_privacy(db: Any) -> None:

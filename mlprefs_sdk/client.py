@@ -101,6 +101,8 @@ class Client:
         try:
             return self._values[key]
         except KeyError:
+            if self._plugin_key(key):
+                return self._values[key]
             if default is not _MISSING:
                 return default
             raise UnknownKeyError(key, self._catalog.suggest(key)) from None
@@ -109,7 +111,16 @@ class Client:
         try:
             return self._values[key]
         except KeyError:
+            if self._plugin_key(key):
+                return self._values[key]
             raise UnknownKeyError(key, self._catalog.suggest(key)) from None
+
+    def _plugin_key(self, key: str) -> bool:
+        """Plugins register their keys when they first load: load them on a miss, then look again."""
+        if self._pm is not None or key.startswith("ml."):
+            return False
+        self.plugin_manager
+        return key in self._values
 
     def __contains__(self, key: object) -> bool:
         return key in self._values
@@ -156,7 +167,7 @@ class Client:
         return structure(data, cls, prefix)
 
     def explain(self, key: str) -> Explanation:
-        if key not in self._values:
+        if key not in self._values and not self._plugin_key(key):
             raise UnknownKeyError(key, self._catalog.suggest(key))
         return self._view.explain(key)
 
@@ -511,6 +522,17 @@ class Client:
         if svc is None:
             svc = self._services[cls] = cls(self)
         return svc
+
+    @property
+    def plugin_manager(self) -> Any:
+        """This client's pluggy PluginManager (built-in and installed plugins), built on first use."""
+        if self._pm is None:
+            from .plugins import make_plugin_manager
+
+            with self._lock:
+                if self._pm is None:
+                    self._pm = make_plugin_manager(self.register)
+        return self._pm
 
     def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
                        run_id: str | None = None, distributed: Any = False) -> Any:

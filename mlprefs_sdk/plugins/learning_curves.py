@@ -1,0 +1,35 @@
+"""Built-in plugin: every evaluation's numeric metrics go to the run's learning curve.
+
+The curve lives in the store under the run id (`prefs.curves.get(run_id)`); logging honours
+ml.feedback.learning_curve_enabled, read at each evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from typing import Any, Mapping
+
+from ..hookspecs import hookimpl
+
+__all__ = ["numeric_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics that are numbers (scalar tensors included); labels and flags are left out."""
+    out = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or isinstance(value, (str, bytes)):
+            continue
+        if isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0:
+            out[str(name)] = float(value)
+    return out
+
+
+@hookimpl
+def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], index: int) -> None:
+    values = numeric_metrics(metrics)
+    if values:
+        hooks.client.curves.log(hooks.run_id, index, **values)

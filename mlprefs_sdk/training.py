@@ -1,0 +1,281 @@
+"""The training driver: what a loop (or a framework adapter) calls at its boundaries.
+
+Preference changes are delivered here only at step boundaries (deferred delivery): an edit
+to mlprefs.toml mid-step reaches the optimizer before the next step, never halfway through
+one. What is done with a change, and when training stops, is up to the plugins (built-in:
+live hyperparameters, early stopping, feature gates, learning curves); the driver counts
+iterations, enforces max_iterations, records every change it delivers with the run id and
+step, and stores the run's state so that the same run_id resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+from .errors import MlprefsError, StoreError
+from .runs import RunChange, load_run, record_changes, save_run
+from .values import ChangeSet
+
+__all__ = ["TrainingHooks", "MetricNotFoundError", "NEXT_RUN_KEYS"]
+
+log = logging.getLogger(__name__)
+
+# Changing these mid-run would break the data pipeline or the model being built.
+NEXT_RUN_KEYS = frozenset({
+    "ml.performance.batch_size",
+    "ml.performance.parallel_workers",
+    "ml.models.default_framework",
+})
+MAX_ITERATIONS = "ml.training.max_iterations"
+
+
+class MetricNotFoundError(MlprefsError, LookupError):
+    """The monitored metric is not among the metrics the framework reported."""
+
+    def __init__(self, metric: str, available: Any) -> None:
+        self.metric, self.available = metric, tuple(sorted(str(k) for k in available))
+        names = ", ".join(self.available) or "none"
+        super().__init__(
+            f"early stopping monitors {metric!r} (ml.training.early_stopping_metric), but the "
+            f"metrics reported are: {names}; set ml.training.early_stopping_metric to one of "
+            f"them, or set ml.training.early_stopping_enabled = false")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def new_run_id() -> str:
+    """Sortable and readable: 20250101-120000-a1b2c3."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _check_distributed(distributed: Any) -> None:
+    if not distributed:
+        return
+    dist = sys.modules.get("torch.distributed")  # never import torch here
+    if dist is not None and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        raise MlprefsError(
+            f"training_hooks(distributed={distributed!r}) under torch.distributed with world size "
+            f"{dist.get_world_size()} is not supported by this version: ranks would apply edits at "
+            f"different steps; pass distributed=False to run each rank on its own")
+
+
+class TrainingHooks:
+    """One training run: call on_train_start, on_step_end, on_epoch_end, on_train_end."""
+
+    def __init__(self, client: Any, optimizer: Any = None, scheduler: Any = None, model: Any = None,
+                 run_id: str | None = None, distributed: Any = False) -> None:
+        _check_distributed(distributed)
+        self.client = client
+        self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
+        self.appliers: list[Callable[[Mapping[str, Any]], None]] = []
+        self.run_id = run_id or new_run_id()
+        self.iteration = 0  # iterations completed: epochs, boosting rounds, passes
+        self.steps = 0  # steps completed in the whole run (what recorded changes refer to)
+        self.checks = 0  # early-stopping checks (evaluations) done
+        self.stop_reason: str | None = None
+        self.state: dict[str, Any] = {}  # per-plugin JSON state, stored for resume
+        self.scratch: dict[str, Any] = {}  # per-plugin state for this process only
+        self.resumed = False
+        self._pm = client.plugin_manager
+        self._hook = self._pm.hook
+        self._pending = client._events._pending  # the dispatcher's deferred queue
+        self._queued: list[ChangeSet] = []
+        self._sub: Any = None
+        self._step_hook: Any = None
+        self._started = self._ended = False
+        self._view = client._view
+        self._pinned: dict[str, Any] = {}
+        self._warned_next_run: set[str] = set()
+        self._resume()
+
+    # -- reading preferences as of the last step boundary ---------------------------
+    def get(self, key: str) -> Any:
+        """A key's value as of the last step boundary (next-run keys: as at train start)."""
+        pinned = self._pinned.get(key, self)
+        if pinned is not self:
+            return pinned
+        return self._view.values[key] if key in self._view.values else self.client.get(key)
+
+    def enabled(self, key: str) -> bool:
+        """A flag as of the last step boundary (ml.features.* need ml.global.enabled)."""
+        try:
+            return self._view.enabled[key]
+        except KeyError:
+            return self.client.enabled(key)
+
+    @property
+    def flags(self) -> Mapping[str, bool]:
+        """Every flag's effective value as of the last step boundary."""
+        return self._view.enabled
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_reason is not None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run at the next check of should_stop; the first reason is kept."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("mlprefs: run %s stops after iteration %d: %s", self.run_id, self.iteration,
+                     reason)
+
+    # -- wiring -------------------------------------------------------------------
+    def attach(self, optimizer: Any = None, scheduler: Any = None, model: Any = None) -> None:
+        """Add objects a framework builds after the callback (they get the current values)."""
+        if optimizer is not None:
+            self.optimizer = optimizer
+        if scheduler is not None:
+            self.scheduler = scheduler
+        if model is not None:
+            self.model = model
+        if self._started:
+            self._hook.mlprefs_attach(hooks=self)
+
+    def add_applier(self, fn: Callable[[Mapping[str, Any]], None]) -> None:
+        """For optimizers without param_groups: fn gets {"learning_rate": .., "regularization_l2": ..}."""
+        if not callable(fn):
+            raise TypeError(f"an applier must be callable, got {fn!r}")
+        self.appliers.append(fn)
+        if self._started:
+            self._hook.mlprefs_attach(hooks=self)
+
+    # -- the loop's boundaries ----------------------------------------------------------
+    def on_train_start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.client.apply_pending()  # older edits are already in the view read below
+        self._sub = self.client.on_change("*", self._queued.append, deliver="deferred")
+        self._view = self.client._view
+        self._pinned = {k: self._view.values[k] for k in NEXT_RUN_KEYS if k in self._view.values}
+        if self._hook.mlprefs_step_end.get_hookimpls():
+            self._step_hook = self._hook.mlprefs_step_end
+        self._hook.mlprefs_train_start(hooks=self)
+        self._save("running")
+
+    def on_step_end(self, step: int) -> None:
+        """Applies pending preference changes; next to free when nothing changed."""
+        self.steps += 1
+        if self._pending:
+            self._deliver()
+        if self._step_hook is not None:
+            self._step_hook(hooks=self, step=step)
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any] | None = None,
+                     fallback_metric: str | None = None) -> None:
+        """Counts one iteration; with metrics, also one early-stopping check."""
+        if self._pending:
+            self._deliver()
+        self.iteration += 1
+        self._hook.mlprefs_epoch_end(hooks=self, epoch=epoch, metrics=metrics)
+        if metrics is not None:
+            self._evaluate(metrics, fallback_metric, epoch)
+        self._decide()
+        self._save()
+
+    def on_evaluate(self, metrics: Mapping[str, Any], fallback_metric: str | None = None,
+                    step: int | None = None) -> None:
+        """One early-stopping check, for frameworks that evaluate on their own schedule."""
+        if self._pending:
+            self._deliver()
+        self._evaluate(metrics, fallback_metric, self.checks if step is None else step)
+        self._decide()
+        self._save()
+
+    def on_train_end(self) -> None:
+        """Restores the best weights (when asked) and closes the run."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._pending:
+            self._deliver()
+        try:
+            self._hook.mlprefs_train_end(hooks=self)
+        finally:
+            self._save("stopped" if self.stop_reason else "finished")
+            self.close()
+
+    def close(self) -> None:
+        """Stop receiving changes (on_train_end does this)."""
+        if self._sub is not None:
+            self._sub.cancel()
+            self._sub = None
+
+    # -- internals ------------------------------------------------------------------
+    def _evaluate(self, metrics: Mapping[str, Any], fallback_metric: str | None, index: int) -> None:
+        self.checks += 1
+        self._hook.mlprefs_evaluate(hooks=self, metrics=metrics, fallback_metric=fallback_metric,
+                                    index=index)
+
+    def _decide(self) -> None:
+        reason = self._hook.mlprefs_should_stop(hooks=self)
+        if reason:
+            self.request_stop(str(reason))
+        limit = self.get(MAX_ITERATIONS)
+        if self.iteration >= limit:
+            self.request_stop(f"max_iterations {limit} reached")
+
+    def _deliver(self) -> None:
+        """Deliver deferred ChangeSets (the user's and ours) at this step boundary."""
+        self.client.apply_pending()
+        if not self._queued:
+            return
+        batches, self._queued = self._queued, []
+        self._view = self.client._view
+        now = time.time()
+        records = []
+        for cs in batches:
+            live = []
+            for c in cs:
+                applied = c.key not in NEXT_RUN_KEYS
+                records.append(RunChange(self.run_id, self.steps, self.iteration, c.key, c.old, c.new,
+                                         str(c.source), applied, now))
+                if applied:
+                    live.append(c)
+                    log.info("mlprefs: run %s step %d: %s %r -> %r (%s)", self.run_id, self.steps,
+                             c.key, c.old, c.new, c.source)
+                elif c.key not in self._warned_next_run:
+                    self._warned_next_run.add(c.key)
+                    log.warning("mlprefs: %s changed to %r (%s) during run %s; it cannot change "
+                                "safely mid-run and takes effect at the next run", c.key, c.new,
+                                c.source, self.run_id)
+            if live:
+                self._hook.mlprefs_apply_changes(hooks=self, changes=ChangeSet(tuple(live)),
+                                                 step=self.steps)
+        self._store_call(record_changes, records)
+
+    def _resume(self) -> None:
+        record = self._store_call(load_run, self.run_id)
+        if record is None:
+            return
+        self.resumed = True
+        self.iteration, self.steps = record.iteration, record.steps
+        self.checks = int(record.state.get("checks", 0))
+        self.state = dict(record.state.get("plugins", {}))
+        log.info("mlprefs: resuming run %s after iteration %d (%s before)", self.run_id,
+                 self.iteration, record.status)
+
+    def _save(self, status: str = "running") -> None:
+        self._store_call(save_run, self.run_id, self.client.user, self.client.project, status,
+                         self.stop_reason, self.iteration, self.steps,
+                         {"checks": self.checks, "plugins": self.state})
+
+    def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Bookkeeping must not kill a training run: a store failure is logged, not raised."""
+        try:
+            return fn(self.client._store, *args)
+        except StoreError:
+            log.exception("mlprefs: run %s: could not %s in the store; training goes on, but "
+                          "this run may not resume from here", self.run_id,
+                          fn.__name__.replace("_", " "))
+            return None
+
+    def __repr__(self) -> str:
+        return (f"<TrainingHooks run={self.run_id!r} iteration={self.iteration} steps={self.steps}"
+                f"{' stop: ' + self.stop_reason if self.stop_reason else ''}>")

@@ -226,7 +226,8 @@ class TrainingHooks:
         self.client.apply_pending()
         if not self._queued:
             return
-        batches, self._queued = self._queued, []
+        batches = self._queued[:]
+        self._queued.clear()  # the subscription appends to this very list
         self._view = self.client._view
         now = time.time()
         records = []

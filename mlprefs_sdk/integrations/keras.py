@@ -1,0 +1,100 @@
+"""Keras 3 adapter: a Callback over prefs.training_hooks(), for any Keras backend.
+
+Keras optimizers have no param groups; the learning rate is a variable (``assign``) and the
+weight decay a plain attribute, so both reach the optimizer through ``hooks.add_applier``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Mapping
+
+try:
+    import keras
+except ImportError as e:  # pragma: no cover - exercised by a test that hides keras
+    raise ImportError(
+        "mlprefs_sdk.integrations.keras needs Keras 3; install it with: "
+        'pip install "mlprefs-sdk[keras]"'
+    ) from e
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..training import TrainingHooks
+
+__all__ = ["MlprefsCallback"]
+
+log = logging.getLogger(__name__)
+
+
+class MlprefsCallback(keras.callbacks.Callback):
+    """Live learning rate and weight decay, early stopping and max_iterations for ``model.fit``.
+
+    Each epoch that reports the monitored metric in ``logs`` is one early-stopping check;
+    ``max_iterations`` counts epochs. An optimizer built with a LearningRateSchedule (or a
+    callable) keeps its schedule: the learning_rate preference is then not applied, and the
+    log says so at train start and at every change.
+    """
+
+    def __init__(self, prefs: Client, run_id: str | None = None) -> None:
+        super().__init__()
+        self.prefs = prefs
+        self.run_id = run_id
+        self.hooks: TrainingHooks | None = None
+        self._step = 0
+        self._warned_no_metric = False
+
+    @property
+    def stop_reason(self) -> str | None:
+        return None if self.hooks is None else self.hooks.stop_reason
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._step = 0
+        self.hooks = self.prefs.training_hooks(model=self.model, run_id=self.run_id)
+        self.run_id = self.hooks.run_id
+        self.hooks.add_applier(self._apply)
+        self.hooks.on_train_start()
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._step += 1
+        self.hooks.on_step_end(self._step)  # type: ignore[union-attr]
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        hooks = self.hooks
+        assert hooks is not None
+        metrics = dict(logs or {})
+        monitored = self.prefs.get("ml.training.early_stopping_metric")
+        if monitored not in metrics and not any(name.startswith("val_") for name in metrics):
+            # validation_freq skipped this epoch, or fit() has no validation data at all
+            if not self._warned_no_metric:
+                self._warned_no_metric = True
+                log.warning("mlprefs: %r is not in this epoch's logs (%s) and the epoch did not "
+                            "validate; early stopping checks only epochs that report it "
+                            "(pass validation_data to fit())", monitored, ", ".join(metrics))
+            hooks.on_epoch_end(epoch)
+        else:
+            hooks.on_epoch_end(epoch, metrics)
+        if hooks.should_stop and not self.model.stop_training:
+            self.model.stop_training = True
+            log.info("mlprefs: stopping Keras training: %s", hooks.stop_reason)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self.hooks is not None:
+            self.hooks.on_train_end()
+
+    # -- the optimizer ---------------------------------------------------------------
+    def _apply(self, changes: Mapping[str, Any]) -> None:
+        optimizer = self.model.optimizer
+        if "learning_rate" in changes:
+            lr = optimizer.learning_rate
+            if isinstance(lr, keras.Variable):
+                lr.assign(float(changes["learning_rate"]))
+            else:
+                schedule = type(getattr(optimizer, "_learning_rate", lr)).__name__
+                log.warning(
+                    "mlprefs: ml.training.learning_rate = %r is not applied: %s was built with a "
+                    "learning-rate schedule (%s), whose rate cannot be set. Build the optimizer with "
+                    "a float learning_rate for live changes.",
+                    changes["learning_rate"], type(optimizer).__name__, schedule)
+        if "regularization_l2" in changes and hasattr(optimizer, "weight_decay"):
+            optimizer.weight_decay = float(changes["regularization_l2"])
+

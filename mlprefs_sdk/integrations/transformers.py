@@ -1,0 +1,108 @@
+"""Hugging Face Transformers adapter: a TrainerCallback over prefs.training_hooks().
+
+The Trainer creates its optimizer and LR scheduler (and loads them from a checkpoint) before
+``on_train_begin``; they are attached there. Its default schedules are LambdaLRs that
+recompute the LR from ``base_lrs`` at every step, so the scheduler is attached too and the
+preference rescales ``base_lrs`` instead of being undone one step later.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Mapping
+
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as e:  # pragma: no cover - exercised by a test that hides transformers
+    raise ImportError(
+        "mlprefs_sdk.integrations.transformers needs Hugging Face Transformers; install it with: "
+        'pip install "mlprefs-sdk[transformers]"'
+    ) from e
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..training import TrainingHooks
+
+__all__ = ["MlprefsCallback"]
+
+log = logging.getLogger(__name__)
+
+FALLBACK_METRIC = "eval_loss"  # the Trainer's own validation loss, used for the default "val_loss"
+_DECAY_MARK = 1.0  # any non-zero value: on_train_start replaces it with regularization_l2
+
+
+class MlprefsCallback(TrainerCallback):
+    """Live learning rate and weight decay, early stopping and max_iterations for a Trainer.
+
+    Each evaluation during training (``eval_strategy`` / ``eval_steps``) is one early-stopping
+    check on the evaluation metrics; ``max_iterations`` counts epochs. To continue a run after
+    ``train(resume_from_checkpoint=...)``, pass the same ``run_id``.
+    """
+
+    def __init__(self, prefs: Client, run_id: str | None = None) -> None:
+        self.prefs = prefs
+        self.run_id = run_id
+        self.hooks: TrainingHooks | None = None
+        self._training = False
+
+    @property
+    def stop_reason(self) -> str | None:
+        return None if self.hooks is None else self.hooks.stop_reason
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: Any = None, optimizer: Any = None, lr_scheduler: Any = None,
+                       **kwargs: Any) -> None:
+        self.hooks = self.prefs.training_hooks(
+            optimizer=optimizer, scheduler=lr_scheduler, model=model, run_id=self.run_id)
+        self.run_id = self.hooks.run_id
+        self._training = True
+        if optimizer is not None:
+            _mark_decay_groups(optimizer.param_groups)
+        self.hooks.on_train_start()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        self.hooks.on_step_end(state.global_step)  # type: ignore[union-attr]
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: Mapping[str, float] | None = None, **kwargs: Any) -> None:
+        if not self._training or metrics is None:  # trainer.evaluate() outside train()
+            return
+        self.hooks.on_evaluate(metrics, fallback_metric=FALLBACK_METRIC)  # type: ignore[union-attr]
+        self._stop_if_asked(control)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        # state.epoch is fractional and reaches n at the end of the n-th epoch.
+        self.hooks.on_epoch_end(max(round(state.epoch or 0) - 1, 0))  # type: ignore[union-attr]
+        self._stop_if_asked(control)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        self._training = False
+        if self.hooks is not None:
+            self.hooks.on_train_end()
+
+    def _stop_if_asked(self, control: TrainerControl) -> None:
+        if self.hooks.should_stop and not control.should_training_stop:  # type: ignore[union-attr]
+            control.should_training_stop = True
+            log.info("mlprefs: stopping Transformers training: %s", self.stop_reason)
+
+
+def _mark_decay_groups(groups: list[dict[str, Any]]) -> None:
+    """Keep the Trainer's no-decay group (biases, LayerNorm weights) out of weight decay.
+
+    The Trainer splits parameters into a decay group and a no-decay group, but with its
+    default weight_decay=0 both start at 0, and regularization_l2 then goes to every group
+    (SPEC section 6: to the groups non-zero at train start, else to all). When every group is
+    at 0, the groups holding matrices (what the Trainer decays) are marked non-zero here, just
+    before train start sets them to regularization_l2; groups of vectors only stay at 0.
+    """
+    if len(groups) < 2 or any(g.get("weight_decay") for g in groups):
+        return
+    has_matrix = [any(p.ndim >= 2 for p in g["params"]) for g in groups]
+    if all(has_matrix) or not any(has_matrix):
+        return
+    for group, decays in zip(groups, has_matrix):
+        if decays:
+            group["weight_decay"] = _DECAY_MARK

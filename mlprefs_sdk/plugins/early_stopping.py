@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 NAME = "early_stopping"
 K = "ml.training."
 DEFAULT_METRIC = "val_loss"
+EPOCH_END = NAME + ".epoch_end"
 
 
 def best(hooks: Any) -> tuple[int | None, float | None]:
@@ -42,7 +43,15 @@ def mlprefs_train_start(hooks: Any) -> None:
 
 
 @hookimpl
+def mlprefs_epoch_end(hooks: Any, metrics: Mapping[str, Any] | None) -> None:
+    hooks.scratch[EPOCH_END] = metrics is not None  # the check that follows closes this iteration
+
+
+@hookimpl
 def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], fallback_metric: str | None) -> None:
+    # A check from on_evaluate (HF eval_steps, Lightning val_check_interval) falls inside the
+    # iteration in progress, which hooks.iteration does not count yet.
+    current = hooks.iteration if hooks.scratch.pop(EPOCH_END, False) else hooks.iteration + 1
     state = hooks.state.setdefault(NAME, {"best": None, "best_iteration": None, "wait": 0})
     scratch = hooks.scratch.setdefault(NAME, {"reason": None, "weights": None,
                                               "fallback_logged": False})
@@ -65,7 +74,7 @@ def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], fallback_metric: st
         if hooks.model is not None and hooks.get(K + "restore_best_weights"):
             scratch["weights"] = capture_weights(hooks.model)
         return
-    if hooks.iteration <= hooks.get(K + "early_stopping_warmup"):
+    if current <= hooks.get(K + "early_stopping_warmup"):
         return
     state["wait"] += 1
     patience = hooks.get(K + "early_stopping_patience")

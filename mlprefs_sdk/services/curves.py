@@ -29,7 +29,7 @@ class Curves:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def log(self, run: str, epoch: int, **metrics: float) -> bool:
+    def log(self, run: str, epoch: int, /, **metrics: float) -> bool:
         """Store one epoch's metrics (a re-logged epoch replaces its values); False when disabled."""
         if not self._client.get(ENABLED):
             return False

@@ -95,10 +95,94 @@ def m003_runs(db: Any) -> None:
 
 def m004_privacy(db: Any) -> None:
     """Consent, feedback and the privacy audit log (subjects only as pseudonyms)."""
+    db.execute(
+        """CREATE TABLE consent (
+            subject TEXT PRIMARY KEY,
+            consented INTEGER NOT NULL,
+            opted_out INTEGER NOT NULL,
+            updated_at REAL NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            subject TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            prediction TEXT,
+            actual TEXT,
+            correct INTEGER NOT NULL,
+            at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX feedback_series ON feedback (model, version, id)")
+    db.execute("CREATE INDEX feedback_subject ON feedback (subject)")
+    db.execute("CREATE INDEX feedback_at ON feedback (at)")
+    db.execute(
+        """CREATE TABLE feedback_refused (
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (model, version, reason))"""
+    )
+    db.execute(
+        """CREATE TABLE data_audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT,
+            detail TEXT)"""
+    )
+    db.execute("CREATE INDEX data_audit_subject ON data_audit (subject)")
+    db.execute("CREATE INDEX data_audit_at ON data_audit (at)")
+    db.execute("CREATE TABLE maintenance (task TEXT PRIMARY KEY, last_run REAL NOT NULL)")
 
 
 def m005_monitoring(db: Any) -> None:
     """Monitoring samples and alerts."""
+    db.execute(
+        """CREATE TABLE monitor_samples (
+            id INTEGER PRIMARY KEY,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            accuracy REAL,
+            latency_ms REAL,
+            at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX monitor_samples_series ON monitor_samples (model, version, id)")
+    db.execute("CREATE INDEX monitor_samples_at ON monitor_samples (at)")
+    db.execute(
+        """CREATE TABLE monitor_series (
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (model, version))"""
+    )
+    db.execute(
+        """CREATE TABLE drift_results (
+            id INTEGER PRIMARY KEY,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            method TEXT NOT NULL,
+            score REAL NOT NULL,
+            p_value REAL,
+            drifted INTEGER NOT NULL,
+            at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX drift_results_series ON drift_results (model, version, id)")
+    db.execute("CREATE INDEX drift_results_at ON drift_results (at)")
+    db.execute(
+        """CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            condition TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            message TEXT NOT NULL,
+            at REAL NOT NULL,
+            resolved_at REAL)"""
+    )
+    db.execute("CREATE INDEX alerts_at ON alerts (at)")
 
 
 def m006_registry(db: Any) -> None:

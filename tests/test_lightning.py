@@ -137,6 +137,18 @@ def test_each_validation_run_is_one_early_stopping_check_and_stops_fit(project_d
     assert mlprefs.stop_reason.startswith("early stopping")
 
 
+def test_a_validation_mid_epoch_belongs_to_the_epoch_in_progress_for_warmup(project_dir):
+    # warmup 1: the checks after steps 2 and 4 (epoch 1) do not count; the one after step 6 stops.
+    write_prefs(project_dir / "mlprefs.toml", learning_rate=1e-6, early_stopping_patience=1,
+                convergence_threshold=0.1, early_stopping_warmup=1)
+    with Client() as prefs:
+        mlprefs = MlprefsCallback(prefs)
+        t = trainer(mlprefs, val_check_interval=0.5)
+        t.fit(Regression())
+    assert t.global_step == 6
+    assert mlprefs.stop_reason.startswith("early stopping")
+
+
 def test_without_a_validation_loop_the_check_uses_metrics_logged_in_training(project_dir):
     write_prefs(project_dir / "mlprefs.toml", learning_rate=1e-6, early_stopping_patience=2,
                 convergence_threshold=0.1, early_stopping_metric="train_loss")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -95,7 +94,7 @@ def test_regularization_l2_leaves_the_groups_excluded_from_decay_at_zero(project
     assert record.groups == [(0.05, 0.0), (0.05, 0.0), (0.2, 0.0), (0.2, 0.0)]
 
 
-def test_each_evaluation_is_one_early_stopping_check_on_eval_loss(project_dir, tmp_path, caplog):
+def test_each_evaluation_is_one_early_stopping_check_on_eval_loss(project_dir, tmp_path):
     # A tiny lr cannot improve eval_loss by 0.1: check 1 sets the best, checks 2 and 3 do not.
     write_prefs(project_dir / "mlprefs.toml", learning_rate=1e-6, early_stopping_patience=2,
                 convergence_threshold=0.1)
@@ -107,6 +106,19 @@ def test_each_evaluation_is_one_early_stopping_check_on_eval_loss(project_dir, t
     assert trainer.state.global_step == 6
     assert mlprefs.stop_reason.startswith("early stopping")
     assert "eval_loss" in mlprefs.stop_reason
+
+
+def test_an_epoch_evaluation_belongs_to_its_epoch_for_warmup(project_dir, tmp_path):
+    # warmup 2: the checks of epochs 1 and 2 do not count; epoch 3's is the first that can stop.
+    write_prefs(project_dir / "mlprefs.toml", learning_rate=1e-6, early_stopping_patience=1,
+                convergence_threshold=0.1, early_stopping_warmup=2)
+    with Client() as prefs:
+        record, mlprefs = EditAndRecord(prefs), MlprefsCallback(prefs)
+        trainer = train(tmp_path, record, mlprefs, num_train_epochs=50, eval_strategy="epoch")
+    assert record.evaluations == 3
+    assert trainer.state.epoch == 3
+    assert mlprefs.hooks.iteration == 3
+    assert mlprefs.stop_reason.startswith("early stopping")
 
 
 def test_max_iterations_counts_epochs_and_ends_train(project_dir, tmp_path):

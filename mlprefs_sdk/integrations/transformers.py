@@ -44,6 +44,7 @@ class MlprefsCallback(TrainerCallback):
         self.run_id = run_id
         self.hooks: TrainingHooks | None = None
         self._training = False
+        self._epoch_pending: int | None = None
 
     @property
     def stop_reason(self) -> str | None:
@@ -55,7 +56,7 @@ class MlprefsCallback(TrainerCallback):
         self.hooks = self.prefs.training_hooks(
             optimizer=optimizer, scheduler=lr_scheduler, model=model, run_id=self.run_id)
         self.run_id = self.hooks.run_id
-        self._training = True
+        self._training, self._epoch_pending = True, None
         if optimizer is not None:
             _mark_decay_groups(optimizer.param_groups)
         self.hooks.on_train_start()
@@ -68,20 +69,46 @@ class MlprefsCallback(TrainerCallback):
                     metrics: Mapping[str, float] | None = None, **kwargs: Any) -> None:
         if not self._training or metrics is None:  # trainer.evaluate() outside train()
             return
-        self.hooks.on_evaluate(metrics, fallback_metric=FALLBACK_METRIC)  # type: ignore[union-attr]
+        hooks = self.hooks
+        assert hooks is not None
+        if self._epoch_pending is not None:  # this evaluation closes the epoch just ended
+            epoch, self._epoch_pending = self._epoch_pending, None
+            hooks.on_epoch_end(epoch, metrics, fallback_metric=FALLBACK_METRIC)
+        else:
+            hooks.on_evaluate(metrics, fallback_metric=FALLBACK_METRIC)
         self._stop_if_asked(control)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
         # state.epoch is fractional and reaches n at the end of the n-th epoch.
-        self.hooks.on_epoch_end(max(round(state.epoch or 0) - 1, 0))  # type: ignore[union-attr]
-        self._stop_if_asked(control)
+        epoch = max(round(state.epoch or 0) - 1, 0)
+        if control.should_evaluate:
+            # eval_strategy="epoch": the Trainer evaluates this epoch right after this call;
+            # count the epoch with that check, as a plain loop's on_epoch_end(epoch, metrics).
+            self._epoch_pending = epoch
+            return
+        self._count_epoch(epoch, control)
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        self._flush_epoch(control)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
+        self._flush_epoch(control)
         self._training = False
         if self.hooks is not None:
             self.hooks.on_train_end()
+
+    def _flush_epoch(self, control: TrainerControl) -> None:
+        """An epoch whose announced evaluation did not come is still counted."""
+        if self._epoch_pending is not None:
+            epoch, self._epoch_pending = self._epoch_pending, None
+            self._count_epoch(epoch, control)
+
+    def _count_epoch(self, epoch: int, control: TrainerControl) -> None:
+        self.hooks.on_epoch_end(epoch)  # type: ignore[union-attr]
+        self._stop_if_asked(control)
 
     def _stop_if_asked(self, control: TrainerControl) -> None:
         if self.hooks.should_stop and not control.should_training_stop:  # type: ignore[union-attr]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import re
 from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
 
-from .errors import MlprefsError, UnknownKeyError
+from .errors import MlprefsError, UnknownKeyError, ValidationError
+from .values import Problem
 
 __all__ = ["KeySpec", "Catalog", "InvalidValue", "KEY_PATTERN"]
 
@@ -24,12 +26,12 @@ TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 
 
-class InvalidValue(MlprefsError, ValueError):
-    """Raised by KeySpec.check; the caller adds key, value and source to make a Problem."""
+class InvalidValue(ValidationError):
+    """One value breaks its own key's type or range; callers add where it came from."""
 
-    def __init__(self, reason: str, rule: str) -> None:
-        self.reason, self.rule = reason, rule
-        super().__init__(reason)
+    def __init__(self, key: str, value: Any, reason: str, rule: str) -> None:
+        self.key, self.value, self.reason, self.rule = key, value, reason, rule
+        super().__init__([Problem.for_value(key, value, None, reason, rule)])
 
 
 @attrs.frozen
@@ -53,40 +55,57 @@ class KeySpec:
         return TYPE_NAMES[self.type]
 
     def check(self, value: Any, *, from_string: bool = False) -> Any:
-        """Return the value typed for this key, or raise InvalidValue naming the rule."""
-        if from_string and isinstance(value, str) and self.type is not str:
-            value = self._parse(value)
-        value = self._typed(value)
-        if self.choices is not None and value not in self.choices:
-            options = ", ".join(str(c) for c in self.choices)
-            raise InvalidValue(f"is not one of the allowed values: {options}", "choices")
-        if self.nonempty and not value.strip():
-            raise InvalidValue("must not be empty", "nonempty")
-        if self.type in (int, float):
-            if self.type is float and not math.isfinite(value):
-                raise InvalidValue("is not a finite number", "type")
-            if self.min is not None and value < self.min:
-                raise InvalidValue(f"is below the minimum {self.min!r}", "min")
-            if self.max is not None and value > self.max:
-                raise InvalidValue(f"is above the maximum {self.max!r}", "max")
-        return value
+        """Return the value typed for this key, or raise InvalidValue naming the rule.
 
-    def _typed(self, value: Any) -> Any:
+        Any input either passes or raises InvalidValue (a ValidationError), nothing else.
+        """
+        typed = value
+        if from_string and isinstance(value, str) and self.type is not str:
+            typed = self._parse(value)
+        typed = self._typed(typed, value)
+        # A string read from env or the command line is shown parsed (64, not "64"); any
+        # other value as the caller wrote it (2, not 2.0).
+        shown = typed if typed is not value and isinstance(value, str) else value
+        if self.choices is not None and typed not in self.choices:
+            options = ", ".join(str(c) for c in self.choices)
+            raise InvalidValue(self.key, shown, f"is not one of the allowed values: {options}",
+                               "choices")
+        if self.nonempty and not typed.strip():
+            raise InvalidValue(self.key, shown, "must not be empty", "nonempty")
+        if self.type is int or self.type is float:
+            if self.type is float and not math.isfinite(typed):
+                raise InvalidValue(self.key, shown, "is not a finite number", "type")
+            if self.min is not None and typed < self.min:
+                raise InvalidValue(self.key, shown, f"is below the minimum {self.min!r}", "min")
+            if self.max is not None and typed > self.max:
+                raise InvalidValue(self.key, shown, f"is above the maximum {self.max!r}", "max")
+        return typed
+
+    def _typed(self, value: Any, original: Any) -> Any:
+        """Exact builtin types; numbers of other classes (numpy scalars) are converted, but a
+        bool is never a number."""
         t = self.type
+        if type(value) is t:
+            return value
         if t is bool:
             if isinstance(value, bool):
                 return value
+        elif isinstance(value, bool):
+            pass
         elif t is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
+            if isinstance(value, numbers.Integral):
+                return int(value)
         elif t is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+            if isinstance(value, numbers.Real) and type(value).__name__ != "bool_":
+                try:
+                    return float(value)
+                except OverflowError:
+                    raise InvalidValue(self.key, original, "is too large for a float",
+                                       "type") from None
         elif isinstance(value, str):
-            return value
-        raise InvalidValue(
-            f"has type {type(value).__name__}, expected {self.type_name}", "type"
-        )
+            return str(value)
+        raise InvalidValue(self.key, original,
+                           f"has type {type(value).__name__}, expected {self.type_name}", "type")
 
     def _parse(self, text: str) -> Any:
         """Strings from env and the CLI: "true"/"false", "1e-3", "64"."""
@@ -102,7 +121,8 @@ class KeySpec:
                 return int(s)
             return float(s)
         except ValueError:
-            raise InvalidValue(f"cannot be read as {self.type_name}", "type") from None
+            raise InvalidValue(self.key, text, f"cannot be read as {self.type_name}",
+                               "type") from None
 
     @classmethod
     def build(

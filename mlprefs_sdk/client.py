@@ -75,7 +75,8 @@ class Client:
         self._services: dict[str, Any] = {}
         self._defaults: tuple[Catalog | None, L.Layer | None] = (None, None)
 
-        self.project_file: tuple[str, str | None] | None = find_project_file() if discover else None
+        self._discover_from = os.getcwd() if discover else None
+        self.project_file: tuple[str, str | None] | None = None
         from .store import open_store  # sqlite3 and json load with the first Client
 
         self._store: Store = open_store(self.locations.store)
@@ -203,7 +204,7 @@ class Client:
             try:
                 typed.append((key, self._catalog[key].check(value, from_string=from_string)))
             except InvalidValue as e:
-                problems.append(Problem.for_value(key, value, source, e.reason, e.rule))
+                problems.append(Problem.for_value(key, e.value, source, e.reason, e.rule))
         if problems:
             raise ValidationError(problems)
         return self._write(scope, typed, reason)
@@ -341,6 +342,10 @@ class Client:
 
     # -- rebuilding the view ----------------------------------------------------
     def _read_project_file(self) -> L.Layer:
+        """Discovery runs again on every read: a project file created, moved or deleted since
+        the Client started is seen by reload() and the watcher."""
+        if self._discover_from is not None:
+            self.project_file = find_project_file(self._discover_from)
         if self.project_file is None:
             return L.Layer("project-file", {})
         path, section = self.project_file
@@ -480,7 +485,7 @@ class Client:
         if self.project_file is not None:
             paths.append(self.project_file[0])
         else:
-            paths.append(os.path.join(os.getcwd(), "mlprefs.toml"))
+            paths.append(os.path.join(self._discover_from or os.getcwd(), "mlprefs.toml"))
         return paths
 
     def close(self) -> None:

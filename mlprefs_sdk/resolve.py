@@ -134,7 +134,7 @@ def _checked(spec: KeySpec, entry: Entry, problems: list[Problem]) -> Any:
     try:
         return spec.check(entry.value, from_string=entry.from_string)
     except InvalidValue as e:
-        problems.append(Problem.for_value(spec.key, entry.value, entry.source, e.reason, e.rule))
+        problems.append(Problem.for_value(spec.key, e.value, entry.source, e.reason, e.rule))
         return _INVALID
 
 

@@ -55,7 +55,7 @@ def strict_privacy(v: Values, s: Sources) -> Iterator[Problem]:
 def batch_power_of_two(v: Values, s: Sources) -> Iterator[Problem]:
     b = v.get("ml.performance.batch_size")
     if isinstance(b, int) and b > 0 and b & (b - 1):
-        yield _p("ml.performance.batch_size", v, s, "is not a power of two (warning)",
+        yield _p("ml.performance.batch_size", v, s, "is not a power of two",
                  "batch-power-of-two", severity="warning")
 
 

@@ -138,13 +138,18 @@ class SQLiteStore:
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version < known:  # another process may have migrated meanwhile
-                    MIGRATIONS[version](conn)
+                    migration = MIGRATIONS[version]
+                    try:
+                        migration(conn)
+                    except sqlite3.Error as e:
+                        raise StoreError(
+                            f"{self.location}: schema migration {migration.__name__} failed "
+                            f"({e}); the store stays at schema version {version}") from None
                     version += 1
                     conn.execute(f"PRAGMA user_version = {version}")
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
 
     @property

@@ -75,7 +75,7 @@ class Templates:
             try:
                 typed[key] = catalog[key].check(value)
             except InvalidValue as e:
-                problems.append(Problem.for_value(key, value, source, e.reason, e.rule))
+                problems.append(Problem.for_value(key, e.value, source, e.reason, e.rule))
         if problems:
             raise ValidationError(problems)
         self._client._store.save_template(name, typed, self._client.user)

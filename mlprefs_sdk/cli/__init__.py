@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import sys
 from typing import Any, Callable, Sequence
@@ -104,15 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if e.code in (0, None) else 1
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
+    if not args.verbose:
+        # Rule warnings (batch size not a power of two, ...) are what `validate` and `doctor`
+        # report; every other verb would repeat them on each run.
+        logging.getLogger("mlprefs_sdk.client").setLevel(logging.ERROR)
     ctx = Context(args)
     try:
         code = args.func(ctx)
         return int(code or 0)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # `mlprefs list | head`: the reader left; that is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except StoreError as e:
         return _fail(ctx, e, 2)
-    except (MlprefsError, ValueError, KeyError, TypeError) as e:
+    except (MlprefsError, ValueError, KeyError, TypeError, FileNotFoundError) as e:
         return _fail(ctx, e, 1)
     except Exception as e:  # the CLI boundary: report, don't dump a traceback on users
         log.debug("internal error", exc_info=True)

@@ -1,0 +1,45 @@
+"""Every CLI verb is documented in the README or docs/ (a verb without documentation fails)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from mlprefs_sdk.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+    """'get', 'set', ..., 'templates list', ...: every verb, with the actions of nested ones."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append(prefix + name)
+                found.extend(_subcommands(sub, prefix + name + " "))
+    return found
+
+
+def _documentation() -> str:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in pages if p.exists())
+
+
+VERBS = _subcommands(build_parser())
+
+
+def test_the_core_verbs_are_all_there():
+    assert {"get", "set", "unset", "list", "explain", "validate", "history", "rollback",
+            "export", "import", "templates", "doctor"} <= set(VERBS)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_is_documented(verb):
+    docs = _documentation()
+    pattern = r"mlprefs(?: --?[\w-]+(?: [\w./:-]+)?)* " + re.escape(verb) + r"\b"
+    assert re.search(pattern, docs), (
+        f"`mlprefs {verb}` is not documented: add it to README.md or a page under docs/")

@@ -1,0 +1,244 @@
+"""The SQLite store: file mode, WAL, durability level, migrations, refusing what it cannot use."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlprefs_sdk import Client, StoreError, ValidationError
+from mlprefs_sdk._migrations import MIGRATIONS
+from mlprefs_sdk.store import SQLiteStore
+
+BATCH = "ml.performance.batch_size"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_store_file_is_created_readable_by_its_owner_only(home):
+    with Client() as prefs:
+        prefs.set(BATCH, 64)
+        db = home / "prefs.db"
+        assert _mode(db) == 0o600
+        assert _mode(Path(str(db) + "-wal")) == 0o600  # the WAL holds the same data
+
+
+def test_the_store_runs_in_wal_mode_with_synchronous_full(home):
+    with Client() as prefs:
+        assert prefs.store.query("PRAGMA journal_mode") == [("wal",)]
+        # FULL (2): in WAL mode a commit is fsynced before it returns; NORMAL (1) may lose
+        # the last commits on power loss.
+        assert prefs.store.query("PRAGMA synchronous") == [(2,)]
+
+
+def test_a_new_store_is_migrated_to_the_current_schema(tmp_path):
+    store = SQLiteStore(str(tmp_path / "new.db"))
+    try:
+        assert store.schema_version == len(MIGRATIONS)
+        tables = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"prefs", "history", "templates"} <= tables
+    finally:
+        store.close()
+
+
+def _old_store(path: Path, version: int) -> None:
+    """A store as an older mlprefs-sdk left it: the first `version` migrations applied."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migrate in MIGRATIONS[:version]:
+        migrate(conn)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute("INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor) "
+                 "VALUES ('user', 'alice', ?, '128', 0, 'alice')", (BATCH,))
+    conn.close()
+
+
+def test_an_older_store_is_migrated_on_open_and_keeps_its_values(home, tmp_path):
+    path = tmp_path / "old.db"
+    _old_store(path, version=2)
+    with Client(store=str(path), user="alice") as prefs:
+        assert prefs.store.schema_version == len(MIGRATIONS)
+        assert prefs.get(BATCH) == 128
+
+
+def test_each_migration_runs_in_its_own_transaction(tmp_path, monkeypatch):
+    def m003_breaks_halfway(db):
+        db.execute("CREATE TABLE half_done (x INTEGER)")
+        db.execute("SELECT missing FROM no_such_table")
+
+    monkeypatch.setattr("mlprefs_sdk.store.MIGRATIONS", [*MIGRATIONS[:2], m003_breaks_halfway])
+    path = tmp_path / "partial.db"
+    with pytest.raises(StoreError, match="schema migration m003_breaks_halfway failed \\(no such "
+                                         "table: no_such_table\\); the store stays at schema "
+                                         "version 2"):
+        SQLiteStore(str(path))
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "templates" in tables and "half_done" not in tables
+    finally:
+        conn.close()
+
+
+def test_a_store_from_a_newer_schema_is_refused_untouched(home, tmp_path):
+    path = tmp_path / "newer.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE future (x)")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as e:
+        Client(store=str(path))
+    assert str(e.value) == (f"{path} has schema version 99, newer than this mlprefs-sdk knows "
+                            f"({len(MIGRATIONS)}); upgrade mlprefs-sdk, or point MLPREFS_STORE "
+                            "at another file")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "newer.db", "project"]
+
+
+def test_a_file_that_is_not_sqlite_is_refused_untouched(home, tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=f"{path}: not an mlprefs store \\(file is not a database\\)"):
+        Client(store=str(path))
+    assert path.read_bytes() == before
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_store_error_is_an_os_error(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("not sqlite " * 200)
+    with pytest.raises(OSError):
+        SQLiteStore(str(path))
+
+
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """A directory nobody may write to: mode 0500, and for root (who ignores modes) the
+    filesystem's immutable flag."""
+    directory.chmod(0o500)
+    immutable = False
+    if os.access(directory, os.W_OK):
+        immutable = subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+        if not immutable:
+            directory.chmod(0o700)
+            pytest.skip("cannot make a directory unwritable for this user")
+    try:
+        yield directory
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o700)
+
+
+def test_an_unwritable_home_is_a_store_error_that_says_what_to_do(home, monkeypatch, tmp_path):
+    locked_home = tmp_path / "locked-home"
+    locked_home.mkdir()
+    monkeypatch.setenv("MLPREFS_HOME", str(locked_home))
+    with read_only(locked_home):
+        with pytest.raises(StoreError) as e:
+            Client()
+    assert str(e.value).startswith(f"cannot create the store {locked_home / 'prefs.db'}: ")
+    assert str(e.value).endswith("set MLPREFS_HOME or MLPREFS_STORE to a writable location")
+    assert list(locked_home.iterdir()) == []
+
+
+def test_a_home_below_a_file_is_a_store_error(home, monkeypatch, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    monkeypatch.setenv("MLPREFS_HOME", str(blocker / "home"))
+    with pytest.raises(StoreError, match="Not a directory"):
+        Client()
+
+
+def test_preference_and_history_rows_change_together_or_not_at_all(tmp_path):
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    try:
+        def veto():
+            assert store.scope_values("user", "alice")[BATCH][0] == 64  # sees the pending row
+            raise ValidationError([])
+
+        with pytest.raises(ValidationError):
+            store.write("user", "alice", [(BATCH, 64)], "alice", check=veto)
+        assert store.scope_values("user", "alice") == {}
+        assert store.history() == []
+        (entry,) = store.write("user", "alice", [(BATCH, 64)], "alice", run_id="r1", step=3)
+        assert store.query("SELECT run_id, step FROM history WHERE id = ?", (entry.id,)) == [("r1", 3)]
+    finally:
+        store.close()
+
+
+def test_a_write_is_validated_against_what_other_processes_committed(home):
+    """Two clients with stale views cannot together store a pair that breaks a rule."""
+    with Client(user="alice") as a, Client(user="alice") as b:
+        a.set("ml.performance.memory_limit_mb", 4096)
+        a.set("ml.performance.parallel_workers", 16)  # needs 4096 MB: fine
+        with pytest.raises(ValidationError) as e:
+            b.set("ml.performance.memory_limit_mb", 1024)  # b still believes workers = 4
+        assert e.value.problems[0].rule == "memory-per-worker"
+        assert b.get("ml.performance.parallel_workers") == 4
+    with Client(user="alice") as fresh:
+        assert fresh.get("ml.performance.memory_limit_mb") == 4096
+
+
+def test_a_successful_write_also_brings_in_other_processes_changes(home):
+    with Client(user="alice") as a, Client(user="alice") as b:
+        a.set("ml.training.max_iterations", 50)
+        b.set(BATCH, 64)
+        assert b.get("ml.training.max_iterations") == 50
+
+
+def test_changed_reports_another_connections_commit_once(tmp_path):
+    path = str(tmp_path / "s.db")
+    watcher, writer = SQLiteStore(path), SQLiteStore(path)
+    try:
+        assert watcher.changed() is False
+        writer.write("user", "alice", [(BATCH, 64)], "alice")
+        assert watcher.changed() is True
+        assert watcher.changed() is False
+        watcher.write("user", "alice", [(BATCH, 128)], "alice")
+        assert watcher.changed() is False  # its own write is not news
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_a_forked_child_opens_its_own_connection(home):
+    with Client(user="alice") as prefs:
+        prefs.set(BATCH, 64)
+        pid = os.fork()
+        if pid == 0:  # the child: write through the inherited client, then leave at once
+            code = 1
+            try:
+                prefs.set(BATCH, 256)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        prefs.reload()
+        assert prefs.get(BATCH) == 256
+        assert prefs.store.query("PRAGMA integrity_check") == [("ok",)]
+
+
+def test_an_in_memory_store_is_private_to_its_client(home):
+    with Client(store=":memory:") as a, Client(store=":memory:") as b:
+        a.set(BATCH, 64)
+        assert b.get(BATCH) == 32
+    assert not (home / "prefs.db").exists()
+
+
+def test_saved_templates_live_in_the_store(home):
+    with Client() as prefs:
+        prefs.templates.save("mine", {BATCH: 16})
+        prefs.templates.save("mine", {BATCH: 8})
+    with Client() as prefs:
+        assert prefs.templates.show("mine") == {BATCH: 8}

@@ -187,10 +187,94 @@ def m005_monitoring(db: Any) -> None:
 
 def m006_registry(db: Any) -> None:
     """Model registry: versions and the active pointer's moves."""
+    db.execute(
+        """CREATE TABLE model_versions (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            framework TEXT NOT NULL,
+            status TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            config TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            source_uri TEXT,
+            description TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            accuracy REAL,
+            latency_ms REAL,
+            memory_mb REAL,
+            UNIQUE (name, version))"""
+    )
+    db.execute("CREATE INDEX model_versions_rank ON model_versions "
+               "(name, status, accuracy, latency_ms, memory_mb)")
+    db.execute(
+        """CREATE TABLE model_moves (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            from_version TEXT,
+            to_version TEXT,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT)"""
+    )
+    db.execute("CREATE INDEX model_moves_name ON model_moves (name, id)")
 
 
 def m007_experiments(db: Any) -> None:
     """A/B experiments, sticky assignments and outcomes."""
+    db.execute(
+        """CREATE TABLE experiments (
+            name TEXT PRIMARY KEY,
+            control TEXT NOT NULL,
+            treatment TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            higher_is_better INTEGER NOT NULL,
+            salt TEXT NOT NULL,
+            traffic_split_ratio REAL,
+            statistical_significance REAL,
+            min_sample_size INTEGER,
+            experiment_duration_days INTEGER,
+            anonymized INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            decision TEXT,
+            concluded_at REAL,
+            concluded_by TEXT,
+            conclusion TEXT)"""
+    )
+    db.execute(
+        """CREATE TABLE experiment_splits (
+            experiment TEXT NOT NULL,
+            since REAL NOT NULL,
+            ratio REAL NOT NULL,
+            PRIMARY KEY (experiment, since))"""
+    )
+    db.execute(
+        """CREATE TABLE experiment_units (
+            experiment TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            arm TEXT NOT NULL,
+            assigned_at REAL NOT NULL,
+            PRIMARY KEY (experiment, unit))"""
+    )
+    db.execute("CREATE INDEX experiment_units_arm ON experiment_units "
+               "(experiment, arm, assigned_at)")
+    db.execute(
+        """CREATE TABLE experiment_outcomes (
+            experiment TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            arm TEXT NOT NULL,
+            value REAL NOT NULL,
+            at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX experiment_outcomes_arm ON experiment_outcomes "
+               "(experiment, arm, value)")
+    # Retention cleanup deletes by age; times only grow, so these indexes append cheaply.
+    db.execute("CREATE INDEX experiment_units_at ON experiment_units (assigned_at)")
+    db.execute("CREATE INDEX experiment_outcomes_at ON experiment_outcomes (at)")
 
 
 MIGRATIONS: list[Callable[[Any], None]] = [

@@ -1,0 +1,201 @@
+"""Deterministic, sticky A/B assignment and the write buffer behind experiments.
+
+Assignment algorithm (the same in every process and on every machine, no state needed):
+
+    h = SHA-256( salt as UTF-8  ||  0x00  ||  unit id as UTF-8 )
+    u = (first 8 bytes of h, big-endian unsigned) / 2**64          # uniform in [0, 1)
+    arm = "treatment" if u < traffic_split_ratio else "control"
+
+The salt defaults to the experiment name, so two stores that create the same experiment
+assign alike. Stickiness: every assignment is stored once per unit (experiment_units) and
+the ratio's history is kept (experiment_splits). A unit's arm can depend on *when* it was
+assigned only if u lies between the lowest and highest ratio the experiment has used; only
+those units are looked up in the store, everyone else is computed. Known units are answered
+from an in-memory cache, so a repeated assign costs a dict lookup.
+
+Writes are buffered in memory (deques, safe across threads without a lock) and flushed in
+one transaction: when 20,000 rows are waiting, every 0.5 s from a background thread, before
+analyze(), and on close() (and at interpreter exit, as a last resort). Raw unit ids live
+only in memory: with anonymisation on they are turned into pseudonyms at flush time, before
+anything reaches the store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Callable
+
+from ..errors import MlprefsError
+
+__all__ = ["Live", "WriteBuffer", "bucket", "unit_text", "InvalidUnitError"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_ROWS = 20_000
+FLUSH_INTERVAL_S = 0.5
+KNOWN_UNITS_MAX = 500_000  # per experiment; beyond it the cache restarts (the store remembers)
+_SCALE = float(2 ** 64)
+
+
+class InvalidUnitError(MlprefsError, TypeError):
+    """A unit id must be a non-empty str (or an int, used as its decimal text)."""
+
+
+def unit_text(unit_id: Any) -> str:
+    if type(unit_id) is str and unit_id:
+        return unit_id
+    if isinstance(unit_id, int) and not isinstance(unit_id, bool):
+        return str(unit_id)
+    if isinstance(unit_id, str):
+        raise InvalidUnitError("a unit id must not be empty")
+    raise InvalidUnitError(f"a unit id must be a str or an int, got {type(unit_id).__name__} "
+                           f"{unit_id!r}")
+
+
+def bucket(salt: str, unit: str) -> float:
+    """The unit's position in [0, 1) for this salt (see the module docstring)."""
+    digest = hashlib.sha256(salt.encode("utf-8") + b"\x00" + unit.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / _SCALE
+
+
+class Live:
+    """What this process knows about one experiment: salt, ratio history, units seen."""
+
+    __slots__ = ("name", "salt", "prefix", "fixed_ratio", "ratios", "lo", "hi", "anonymized",
+                 "metric", "known")
+
+    def __init__(self, name: str, salt: str, fixed_ratio: float | None,
+                 ratios: list[tuple[float, float]], anonymized: bool, metric: str) -> None:
+        self.name, self.salt, self.fixed_ratio = name, salt, fixed_ratio
+        self.prefix = salt.encode("utf-8") + b"\x00"
+        self.ratios = ratios  # [(since, ratio)], oldest first
+        self.lo = min(r for _, r in ratios)
+        self.hi = max(r for _, r in ratios)
+        self.anonymized, self.metric = anonymized, metric
+        self.known: dict[str, str] = {}
+
+    def add_ratio(self, since: float, ratio: float) -> None:
+        self.ratios.append((since, ratio))
+        self.lo, self.hi = min(self.lo, ratio), max(self.hi, ratio)
+
+    def position(self, unit: str) -> float:
+        digest = hashlib.sha256(self.prefix + unit.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") / _SCALE
+
+
+class WriteBuffer:
+    """Pending assignment and outcome rows, flushed in batches (see the module docstring)."""
+
+    def __init__(self, store: Any, pseudonym: Callable[[str], str]) -> None:
+        self._store = store
+        self._pseudonym = pseudonym
+        self.units: collections.deque[tuple[Live, str, str, float]] = collections.deque()
+        self.outcomes: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        ref = weakref.ref(self)
+        self._atexit = lambda: (lambda b: b and b.close())(ref())
+        atexit.register(self._atexit)
+        os.register_at_fork(after_in_child=lambda: (lambda b: b and b._forget())(ref()))
+
+    def __len__(self) -> int:
+        return len(self.units) + len(self.outcomes)
+
+    def added(self) -> None:
+        """Called after rows were appended: flush when big, keep the timer thread running."""
+        if len(self.outcomes) + len(self.units) >= FLUSH_ROWS:
+            self.flush()
+        elif self._thread is None and not self._closed:
+            self._start()
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="mlprefs-experiments-flush", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            if len(self):
+                try:
+                    self.flush()
+                except MlprefsError as e:  # rows stay queued; the next flush retries
+                    log.error("mlprefs: experiment rows could not be written yet (%s); they stay "
+                              "buffered and are retried", e)
+
+    def flush(self) -> int:
+        """Write every pending row in one transaction; on failure the rows stay queued."""
+        with self._flush_lock:
+            units = _drain(self.units)
+            outcomes = _drain(self.outcomes)
+            if not units and not outcomes:
+                return 0
+            try:
+                self._write(units, outcomes)
+            except BaseException:
+                self.units.extendleft(reversed(units))
+                self.outcomes.extendleft(reversed(outcomes))
+                raise
+            return len(units) + len(outcomes)
+
+    def _write(self, units: list[tuple], outcomes: list[tuple]) -> None:
+        names: dict[str, str] = {}
+        pseudonym = self._pseudonym
+
+        def stored(live: Live, unit: str) -> str:
+            if not live.anonymized:
+                return unit
+            p = names.get(unit)
+            if p is None:
+                p = names[unit] = pseudonym(unit)
+            return p
+
+        unit_rows = [(live.name, stored(live, u), arm, at) for live, u, arm, at in units]
+        outcome_rows = [(live.name, stored(live, u), arm, value, at)
+                        for live, u, arm, value, at in outcomes]
+        with self._store.transaction() as db:
+            if unit_rows:
+                db.executemany("INSERT INTO experiment_units (experiment, unit, arm, assigned_at) "
+                               "VALUES (?, ?, ?, ?) ON CONFLICT (experiment, unit) DO NOTHING",
+                               unit_rows)
+            if outcome_rows:
+                db.executemany("INSERT INTO experiment_outcomes (experiment, unit, arm, value, at) "
+                               "VALUES (?, ?, ?, ?, ?)", outcome_rows)
+
+    def stored_unit(self, live: Live, unit: str) -> str:
+        return self._pseudonym(unit) if live.anonymized else unit
+
+    def close(self) -> None:
+        """Stop the timer thread and write what is left."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._atexit)
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.flush()
+
+    def _forget(self) -> None:
+        """In a forked child: the parent flushes its own rows; the child starts empty."""
+        self.units.clear()
+        self.outcomes.clear()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+
+def _drain(queue: collections.deque) -> list:
+    out = []
+    pop = queue.popleft
+    for _ in range(len(queue)):
+        out.append(pop())
+    return out

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,11 @@ def model(optimizer: keras.optimizers.Optimizer | None = None) -> keras.Model:
 class EditAndRecord(keras.callbacks.Callback):
     """Records the lr at the start of every batch; edits mlprefs.toml after batch `edit_after`."""
 
-    def __init__(self, prefs: Client, edit_after: int | None = None, **new_values: object) -> None:
+    def __init__(self, prefs: Client, edit_after: int | None = None, watched: bool = False,
+                 **new_values: object) -> None:
         super().__init__()
         self.prefs, self.edit_after, self.new_values = prefs, edit_after, new_values
+        self.watched = watched  # the Client's watcher, not reload(), picks the edit up
         self.lrs: list[float] = []
         self.weight_decays: list[float | None] = []
         self.batches = 0
@@ -62,7 +65,18 @@ class EditAndRecord(keras.callbacks.Callback):
         self.batches += 1
         if self.batches == self.edit_after:
             write_prefs(Path("mlprefs.toml"), **self.new_values)
-            self.prefs.reload()
+            if not self.watched:
+                self.prefs.reload()
+            else:  # block this step until the watcher has swapped the view in
+                wait_for(lambda: all(self.prefs.get(f"ml.training.{k}") == v
+                                     for k, v in self.new_values.items()))
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the watcher did not pick up the edit"
+        time.sleep(0.01)
 
 
 def fit(m: keras.Model, *callbacks: keras.callbacks.Callback, epochs: int = 50, validate: bool = True):
@@ -77,6 +91,15 @@ def test_a_toml_edit_mid_run_reaches_the_optimizer_at_the_next_step(project_dir)
         record = EditAndRecord(prefs, edit_after=3, learning_rate=0.002)
         fit(model(), record, MlprefsCallback(prefs), epochs=2)
     assert record.lrs[:3] == pytest.approx([0.01] * 3)  # the preference, not the constructor's 0.5
+    assert record.lrs[3:] == pytest.approx([0.002] * 5)
+
+
+def test_with_hot_reload_an_edit_of_the_file_alone_reaches_the_optimizer(project_dir):
+    write_prefs(project_dir / "mlprefs.toml", learning_rate=0.01)
+    with Client(watch=True) as prefs:
+        record = EditAndRecord(prefs, edit_after=3, watched=True, learning_rate=0.002)
+        fit(model(), record, MlprefsCallback(prefs), epochs=2)
+    assert record.lrs[:3] == pytest.approx([0.01] * 3)
     assert record.lrs[3:] == pytest.approx([0.002] * 5)
 
 

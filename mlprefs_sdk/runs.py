@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -53,9 +53,13 @@ def load_run(store: Any, run_id: str) -> RunRecord | None:
 
 
 def save_run(store: Any, run_id: str, actor: str, project: str | None, status: str,
-             stop_reason: str | None, iteration: int, steps: int, state: Mapping[str, Any]) -> None:
+             stop_reason: str | None, iteration: int, steps: int, state: Mapping[str, Any],
+             also: Sequence[Callable[[Any], None]] = ()) -> None:
+    """Upsert the run's row; `also` are more writes for the same transaction (one commit)."""
     now = time.time()
     with store.transaction() as db:
+        for write in also:
+            write(db)
         db.execute(
             "INSERT INTO runs (run_id, actor, project, status, stop_reason, iteration, steps, state, "
             "started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) "

@@ -91,6 +91,7 @@ class TrainingHooks:
         self._started = self._ended = False
         self._view = client._view
         self._pinned: dict[str, Any] = {}
+        self._staged: list[Callable[[Any], None]] = []
         self._warned_next_run: set[str] = set()
         self._resume()
 
@@ -262,10 +263,16 @@ class TrainingHooks:
         log.info("mlprefs: resuming run %s after iteration %d (%s before)", self.run_id,
                  self.iteration, record.status)
 
+    def stage(self, write: Callable[[Any], None]) -> None:
+        """Queue write(db) for the run's next save, so a boundary costs one commit, not several."""
+        self._staged.append(write)
+
     def _save(self, status: str = "running") -> None:
+        staged = self._staged[:]
+        self._staged.clear()
         self._store_call(save_run, self.run_id, self.client.user, self.client.project, status,
                          self.stop_reason, self.iteration, self.steps,
-                         {"checks": self.checks, "plugins": self.state})
+                         {"checks": self.checks, "plugins": self.state}, staged)
 
     def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Bookkeeping must not kill a training run: a store failure is logged, not raised."""

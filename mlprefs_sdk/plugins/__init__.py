@@ -54,7 +54,7 @@ def _installed(path: tuple[str, ...], blocked: frozenset[str]) -> tuple[tuple[st
     try:
         pm.load_setuptools_entrypoints(PROJECT)
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {e.plugin!r} does not match the mlprefs hook specs: {e}; "
+        raise PluginError(f"plugin {pm.get_name(e.plugin)!r} does not match the mlprefs hook specs: {e}; "
                           f"fix or uninstall it, or name it in {DISABLE_ENV}") from e
     except Exception as e:  # a third-party plugin's import failed: say which group to look at
         raise PluginError(f"loading the {PROJECT!r} entry-point plugins failed: "
@@ -80,10 +80,11 @@ def make_plugin_manager(register: Callable[..., Any]) -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {e.plugin!r} implements a hook mlprefs does not define: {e}") from e
+        raise PluginError(f"plugin {pm.get_name(e.plugin)!r} implements a hook mlprefs does not "
+                          f"define: {e}") from e
     for impl in pm.hook.mlprefs_register_keys.get_hookimpls():
         try:
             impl.function(**{arg: register for arg in impl.argnames})
-        except MlprefsError as e:
+        except (MlprefsError, ValueError, TypeError) as e:
             raise PluginError(f"plugin {impl.plugin_name!r} could not register its keys: {e}") from e
     return pm

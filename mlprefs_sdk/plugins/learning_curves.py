@@ -11,6 +11,7 @@ import numbers
 from typing import Any, Mapping
 
 from ..hookspecs import hookimpl
+from ..services.curves import ENABLED, write_points
 
 __all__ = ["numeric_metrics"]
 
@@ -31,5 +32,6 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 @hookimpl
 def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], index: int) -> None:
     values = numeric_metrics(metrics)
-    if values:
-        hooks.client.curves.log(hooks.run_id, index, **values)
+    if values and hooks.get(ENABLED):
+        run = hooks.run_id
+        hooks.stage(lambda db: write_points(db, run, index, values))  # one commit per boundary

@@ -11,16 +11,27 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import MlprefsError
 from ..runs import run_changes
 
-__all__ = ["Curves"]
+__all__ = ["Curves", "write_points", "ENABLED"]
 
 log = logging.getLogger(__name__)
 
 ENABLED = "ml.feedback.learning_curve_enabled"
+
+
+def write_points(db: Any, run: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    """Upsert one epoch's metrics inside the caller's transaction (NaN is stored as NULL)."""
+    now = time.time()
+    for name, value in metrics.items():
+        number = float(value)
+        db.execute("INSERT INTO curves (run_id, epoch, metric, value, at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (run_id, epoch, metric) DO UPDATE SET value = excluded.value, "
+                   "at = excluded.at",
+                   (str(run), int(epoch), str(name), None if math.isnan(number) else number, now))
 
 
 class Curves:
@@ -29,22 +40,13 @@ class Curves:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def log(self, run: str, epoch: int, /, **metrics: float) -> bool:
+    def log(self, run: str, epoch: int, **metrics: float) -> bool:
         """Store one epoch's metrics (a re-logged epoch replaces its values); False when disabled."""
         if not self._client.get(ENABLED):
             return False
-        if not metrics:
-            return True
-        rows = []
-        now = time.time()
-        for name, value in metrics.items():
-            number = float(value)
-            rows.append((str(run), int(epoch), name, None if math.isnan(number) else number, now))
-        with self._client._store.transaction() as db:
-            for row in rows:
-                db.execute("INSERT INTO curves (run_id, epoch, metric, value, at) VALUES "
-                           "(?, ?, ?, ?, ?) ON CONFLICT (run_id, epoch, metric) DO UPDATE SET "
-                           "value = excluded.value, at = excluded.at", row)
+        if metrics:
+            with self._client._store.transaction() as db:
+                write_points(db, run, epoch, metrics)
         return True
 
     def get(self, run: str) -> dict[str, list[tuple[int, float]]]:

@@ -48,6 +48,16 @@ def test_strict_mode_requires_consent_whatever_the_key_says(home):
     assert policy.implied == ("ml.data.user_consent_required",)
 
 
+def test_moderate_mode_keeps_the_right_to_opt_out(home):
+    overrides = {**NO_AUTO, "ml.data.privacy_mode": "moderate", "ml.data.opt_out_enabled": False,
+                 "ml.data.user_consent_required": False}
+    with Client(overrides=overrides) as prefs:
+        policy = prefs.data.policy
+        prefs.data.opt_out("dave")
+    assert policy.opt_out_enabled and not policy.user_consent_required
+    assert policy.implied == ("ml.data.opt_out_enabled",)
+
+
 def test_permissive_mode_keeps_the_keys_as_set(home):
     with Client(overrides=PERMISSIVE) as prefs:
         policy = prefs.data.policy
@@ -206,8 +216,11 @@ def test_cleanup_covers_curves_and_experiment_outcomes(home):
                        "VALUES ('r', 0, 'loss', 1.0, ?)", (now - 400 * DAY,))
             db.execute("INSERT INTO experiment_outcomes (experiment, unit, arm, value, at) "
                        "VALUES ('e', 'u', 'control', 1.0, ?)", (now - 400 * DAY,))
+            db.execute("INSERT INTO experiment_units (experiment, unit, arm, assigned_at) "
+                       "VALUES ('e', 'u', 'control', ?)", (now - 400 * DAY,))
         counts = prefs.data.cleanup()
     assert counts["curves"] == 1 and counts["experiment_outcomes"] == 1
+    assert counts["experiment_units"] == 1
 
 
 def test_cleanup_keeps_consent_records(home):
@@ -251,9 +264,20 @@ def test_cleanup_calls_plugins_with_the_cutoff(home):
     assert counts["plugins"] == 3
 
 
+def expired_feedback(prefs: Client) -> int:
+    return prefs.store.query("SELECT COUNT(*) FROM feedback WHERE at < ?",
+                             (time.time() - 365 * DAY,))[0][0]
+
+
 def test_auto_cleanup_runs_in_the_background_at_most_daily(home):
+    with Client(overrides=PERMISSIVE) as prefs:
+        with prefs.store.transaction() as db:
+            db.execute("INSERT INTO feedback (subject, model, version, prediction, actual, "
+                       "correct, at) VALUES ('p', 'm', '1', '1', '1', 1, ?)",
+                       (time.time() - 400 * DAY,))
+        assert expired_feedback(prefs) == 1
     with Client() as prefs:
-        wait_for(lambda: prefs.data.last_cleanup is not None)
+        wait_for(lambda: prefs.data.last_cleanup is not None and expired_feedback(prefs) == 0)
         first = prefs.data.last_cleanup
     with Client() as prefs:
         prefs.data  # a new client within the day: no second run

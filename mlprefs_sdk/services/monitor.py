@@ -14,6 +14,7 @@ import logging
 import math
 import numbers
 import os
+import sys
 import threading
 import time
 import weakref
@@ -30,7 +31,7 @@ __all__ = ["Monitor", "Alert", "WindowStats", "process_rss_mb", "CpuMeter"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000
+BATCH = 2000
 MAX_AGE = 1.0
 WINDOW = 100
 KINDS = ("accuracy", "latency", "drift", "resource")
@@ -115,11 +116,14 @@ def _p95(values: list[float]) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _check_number(name: str, value: Any, lo: float, hi: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        raise TypeError(f"monitor.record: {name} must be a number, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+def _check_number(name: str, value: Any, lo: float, hi: float) -> float:
+    if type(value) is float and lo <= value <= hi:
+        return value  # the common case, without the slower ABC checks below
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value):
+        raise TypeError(f"monitor.record: {name} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        bound = f"between {lo} and {hi}" if hi < sys.float_info.max else f">= {lo}"
         raise ValueError(f"monitor.record: {name} = {value!r} must be {bound}")
     return float(value)
 
@@ -158,7 +162,7 @@ class Monitor:
             accuracy = (_check_number("accuracy", accuracy, 0.0, 1.0)
                         if get("ml.monitoring.accuracy_tracking") else None)
         if latency_ms is not None:
-            latency_ms = (_check_number("latency_ms", latency_ms, 0.0, None)
+            latency_ms = (_check_number("latency_ms", latency_ms, 0.0, sys.float_info.max)
                           if get("ml.monitoring.latency_tracking") else None)
         if accuracy is None and latency_ms is None:
             return

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MODE_MINIMUMS: dict[str, dict[str, bool]] = {
     "strict": {"user_consent_required": True, "anonymization_enabled": True,
                "sharing_allowed": False, "opt_out_enabled": True},
-    "moderate": {"anonymization_enabled": True, "opt_out_enabled": True},
+    "moderate": {"opt_out_enabled": True},
     "permissive": {},
 }
 

@@ -101,8 +101,9 @@ def _draw(run: str, curves: dict[str, list[tuple[int, float]]], changes: list[An
         label = f"{change.key.rsplit('.', 1)[-1]} {change.old:g}→{change.new:g}" \
             if _is_number(change.old) and _is_number(change.new) \
             else f"{change.key.rsplit('.', 1)[-1]} → {change.new}"
-        ax.annotate(label, xy=(x, 1 - 0.07 * (i % 6)), xycoords=("data", "axes fraction"),
-                    fontsize=8, rotation=0, ha="left", va="top", color="dimgrey")
+        ax.annotate(label, xy=(x, 0.98 - 0.07 * (i % 6)), xycoords=("data", "axes fraction"),
+                    xytext=(3, 0), textcoords="offset points", fontsize=8, ha="left", va="top",
+                    color="dimgrey")
     ax.set_xlabel("epoch")
     ax.set_title(f"learning curve: run {run}")
     ax.legend(loc="upper right" if not changes else "center right")

@@ -91,7 +91,7 @@ class EditAndRecord(pl.Callback):
 
 def trainer(*callbacks: pl.Callback, **kwargs: object) -> pl.Trainer:
     options = dict(max_epochs=50, accelerator="cpu", logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+                   enable_progress_bar=False, enable_model_summary=False)
     options.update(kwargs)
     return pl.Trainer(callbacks=list(callbacks), **options)
 
@@ -147,6 +147,16 @@ def test_a_validation_mid_epoch_belongs_to_the_epoch_in_progress_for_warmup(proj
         t.fit(Regression())
     assert t.global_step == 6
     assert mlprefs.stop_reason.startswith("early stopping")
+
+
+def test_sanity_checks_and_validate_after_fit_are_not_checks(project_dir):
+    write_prefs(project_dir / "mlprefs.toml", learning_rate=0.01)
+    with Client() as prefs:
+        mlprefs, model = MlprefsCallback(prefs), Regression()
+        t = trainer(mlprefs, max_epochs=2, num_sanity_val_steps=2)
+        t.fit(model)
+        t.validate(model, verbose=False)
+    assert mlprefs.hooks.checks == 2
 
 
 def test_without_a_validation_loop_the_check_uses_metrics_logged_in_training(project_dir):

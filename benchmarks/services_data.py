@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import hmac
 import os
-import statistics
 import sys
 import tempfile
 import threading

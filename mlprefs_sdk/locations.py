@@ -23,6 +23,11 @@ class Locations:
         """The pseudonymisation secret lives beside the store, never inside it."""
         if self.store == ":memory:":
             return ":memory:"  # an in-memory store gets an in-memory key, not ./secret.key
+        explicit = os.environ.get("MLPREFS_SECRET")  # one key shared by a team's hosts
+        if explicit:
+            return os.path.abspath(os.path.expanduser(explicit))
+        if "://" in self.store:  # a server store: the key stays on this machine, outside the URL
+            return os.path.join(os.path.dirname(self.user_file), "secret.key")
         return os.path.join(os.path.dirname(self.store), "secret.key")
 
 

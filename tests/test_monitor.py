@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from pgtest import fresh_store_url, require_server
 
 from mlprefs_sdk import Client
 from mlprefs_sdk.cli import main
@@ -214,3 +215,26 @@ def test_cli_monitor_check_and_alerts(home, capsys):
     assert "accuracy" in [a["kind"] for a in raised]
     assert main(["monitor", "alerts", "--active"]) == 0
     assert "accuracy_threshold" in capsys.readouterr().out
+
+
+# -- both backends ---------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, home):
+    """A SQLite file in the test's home, or a fresh PostgreSQL schema (MLPREFS_TEST_PG)."""
+    if request.param == "sqlite":
+        yield str(home / "prefs.db")
+        return
+    require_server()
+    with fresh_store_url() as url:
+        yield url
+
+
+def test_alerts_raise_once_and_resolve_on_each_backend(store_url):
+    with Client(store=store_url, overrides=QUIET) as prefs:
+        prefs.monitor.record("churn", "1", accuracy=0.5, latency_ms=500.0)
+        prefs.monitor.drift([0.0, 1.0] * 50, [5.0, 6.0] * 50, model="churn", version="1")
+        assert kinds(prefs.monitor.check(window=1)) == ["accuracy", "drift", "latency"]
+        assert prefs.monitor.check(window=1) == []
+        prefs.monitor.record("churn", "1", accuracy=0.99, latency_ms=5.0)
+        prefs.monitor.check(window=1)
+        assert kinds(prefs.monitor.alerts(active=True)) == ["drift"]

@@ -11,6 +11,7 @@ import stat
 import time
 
 import pytest
+from pgtest import fresh_store_url, require_server
 
 from mlprefs_sdk import Client, PolicyError
 from mlprefs_sdk.cli import main
@@ -158,6 +159,21 @@ def test_loose_secret_permissions_are_tightened_with_a_warning(home, caplog):
             assert prefs.data.pseudonym("alice") == expected
     assert "tightened to 0600" in caplog.text
     assert stat.S_IMODE(os.stat(home / "secret.key").st_mode) == 0o600
+
+
+def test_mlprefs_secret_names_the_secret_file(home, tmp_path, monkeypatch):
+    shared = tmp_path / "team" / "secret.key"
+    monkeypatch.setenv("MLPREFS_SECRET", str(shared))
+    with Client(overrides=NO_AUTO) as prefs:
+        pseudonym = prefs.data.pseudonym("alice")
+    assert pseudonym == hmac.new(shared.read_bytes(), b"alice", hashlib.sha256).hexdigest()
+    assert not (home / "secret.key").exists()
+
+
+def test_a_server_store_keeps_its_secret_on_this_machine(home):
+    from mlprefs_sdk.locations import locate
+
+    assert locate("postgresql://team:pw@db.example/prefs").secret == str(home / "secret.key")
 
 
 def test_in_memory_store_keeps_its_secret_in_memory(home):
@@ -420,3 +436,29 @@ def test_cli_non_json_status_never_prints_the_raw_id(home, capsys):
     assert main(["data", "status", "alice@example.com"]) == 0
     out = capsys.readouterr().out
     assert "no consent recorded" in out and "alice" not in out
+
+
+# -- both backends ---------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, home):
+    """A SQLite file in the test's home, or a fresh PostgreSQL schema (MLPREFS_TEST_PG)."""
+    if request.param == "sqlite":
+        yield str(home / "prefs.db")
+        return
+    require_server()
+    with fresh_store_url() as url:
+        yield url
+
+
+def test_consent_feedback_export_erase_and_cleanup_on_each_backend(store_url):
+    with Client(store=store_url, overrides=NO_AUTO) as prefs:
+        prefs.data.grant_consent("alice")
+        prefs.data.opt_out("bob")
+        assert prefs.feedback.record("alice", "churn", "1", 1, 1)
+        assert not prefs.feedback.record("bob", "churn", "1", 1, 1)
+        assert [r["action"] for r in prefs.data.export("alice")["data_audit"]] == ["consent.grant"]
+        assert prefs.data.erase("alice")["feedback"] == 1
+        assert prefs.data.cleanup(now=time.time() + 400 * DAY)["data_audit"] == 2  # bob, erase
+        assert prefs.data.audit()[0].action == "cleanup"
+        with pytest.raises(PolicyError):
+            prefs.data.check_sharing("s3://partner")

@@ -46,7 +46,8 @@ def _phone(match: re.Match[str]) -> str:
     text = match.group(0)
     digits = sum(c.isdigit() for c in text)
     marked = text.startswith(("+", "("))
-    if ISO_DATE.match(text) or DECIMAL.fullmatch(text) or not (9 <= digits <= 15 or (marked and 7 <= digits <= 15)):
+    enough = 9 <= digits <= 15 or (marked and 7 <= digits <= 15)
+    if not enough or ISO_DATE.match(text) or DECIMAL.fullmatch(text):
         return text
     return REDACTED_PHONE
 

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-__all__ = ["SUBJECT_COLUMNS", "DATED_COLUMNS", "JSON_COLUMNS", "delete_expired", "subject_rows", "AutoCleanup", "DAY"]
+__all__ = ["SUBJECT_COLUMNS", "DATED_COLUMNS", "JSON_COLUMNS", "delete_expired", "subject_rows",
+           "AutoCleanup", "DAY"]
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,8 @@ class Feedback:
                                  "ORDER BY id DESC LIMIT 1", (model,))
         return rows[0][0] if rows else None
 
-    def _registry_accuracy(self, model: str, version: str | None) -> tuple[str, float | None] | None:
+    def _registry_accuracy(self, model: str,
+                           version: str | None) -> tuple[str, float | None] | None:
         """(version, its recorded "accuracy" metric) when the model registry knows the
         model; version None asks for the active version."""
         found = self._client.models.list(name=model, status="active" if version is None else None)

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 BATCH = 2000
 MAX_AGE = 1.0
 WINDOW = 100
-KINDS = ("accuracy", "latency", "drift", "resource")
 
 
 @attrs.frozen

@@ -37,3 +37,17 @@ def project_dir(home: Path) -> Path:
 @pytest.fixture
 def policy_file(home: Path) -> Path:
     return Path(os.environ["MLPREFS_POLICY"])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, home: Path):
+    """Where the store lives: a SQLite file in the test's home, or a fresh PostgreSQL schema
+    (skipped without MLPREFS_TEST_PG; see tests/pgtest.py)."""
+    if request.param == "sqlite":
+        yield str(home / "prefs.db")
+        return
+    from pgtest import fresh_store_url, require_server
+
+    require_server()
+    with fresh_store_url() as url:
+        yield url

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-from pgtest import fresh_store_url, require_server
 
 from mlprefs_sdk import Client
 from mlprefs_sdk.cli import main
@@ -218,17 +217,6 @@ def test_cli_monitor_check_and_alerts(home, capsys):
 
 
 # -- both backends ---------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, home):
-    """A SQLite file in the test's home, or a fresh PostgreSQL schema (MLPREFS_TEST_PG)."""
-    if request.param == "sqlite":
-        yield str(home / "prefs.db")
-        return
-    require_server()
-    with fresh_store_url() as url:
-        yield url
-
-
 def test_alerts_raise_once_and_resolve_on_each_backend(store_url):
     with Client(store=store_url, overrides=QUIET) as prefs:
         prefs.monitor.record("churn", "1", accuracy=0.5, latency_ms=500.0)

@@ -11,7 +11,6 @@ import stat
 import time
 
 import pytest
-from pgtest import fresh_store_url, require_server
 
 from mlprefs_sdk import Client, PolicyError
 from mlprefs_sdk.cli import main
@@ -439,17 +438,6 @@ def test_cli_non_json_status_never_prints_the_raw_id(home, capsys):
 
 
 # -- both backends ---------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, home):
-    """A SQLite file in the test's home, or a fresh PostgreSQL schema (MLPREFS_TEST_PG)."""
-    if request.param == "sqlite":
-        yield str(home / "prefs.db")
-        return
-    require_server()
-    with fresh_store_url() as url:
-        yield url
-
-
 def test_consent_feedback_export_erase_and_cleanup_on_each_backend(store_url):
     with Client(store=store_url, overrides=NO_AUTO) as prefs:
         prefs.data.grant_consent("alice")

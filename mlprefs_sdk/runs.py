@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-__all__ = ["RunRecord", "RunChange", "load_run", "save_run", "record_changes", "run_changes"]
+__all__ = ["RunRecord", "RunChange", "load_run", "save_run", "write_changes", "run_changes"]
 
 
 @attrs.frozen
@@ -70,15 +70,13 @@ def save_run(store: Any, run_id: str, actor: str, project: str | None, status: s
              now, now))
 
 
-def record_changes(store: Any, changes: Iterable[RunChange]) -> None:
-    rows = [(c.run_id, c.step, c.iteration, c.key, json.dumps(c.old), json.dumps(c.new), c.source,
-             int(c.applied), c.at) for c in changes]
-    if not rows:
-        return
-    with store.transaction() as db:
-        for row in rows:  # a handful per step boundary; plain execute runs on every backend
-            db.execute("INSERT INTO run_changes (run_id, step, iteration, key, old, new, source, "
-                       "applied, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+def write_changes(db: Any, changes: Iterable[RunChange]) -> None:
+    """Insert delivered changes inside the caller's transaction."""
+    for c in changes:  # a handful per step boundary; plain execute runs on every backend
+        db.execute("INSERT INTO run_changes (run_id, step, iteration, key, old, new, source, "
+                   "applied, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (c.run_id, c.step, c.iteration, c.key, json.dumps(c.old), json.dumps(c.new),
+                    c.source, int(c.applied), c.at))
 
 
 def run_changes(store: Any, run_id: str) -> list[RunChange]:

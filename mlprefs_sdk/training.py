@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from .errors import MlprefsError, StoreError
-from .runs import RunChange, load_run, record_changes, save_run
+from .runs import RunChange, load_run, save_run, write_changes
 from .values import ChangeSet
 
 __all__ = ["TrainingHooks", "MetricNotFoundError", "NEXT_RUN_KEYS"]
@@ -31,6 +31,7 @@ NEXT_RUN_KEYS = frozenset({
     "ml.models.default_framework",
 })
 MAX_ITERATIONS = "ml.training.max_iterations"
+FLUSH_AFTER_S = 1.0  # changes applied mid-epoch reach the store at the latest this much later
 
 
 class MetricNotFoundError(MlprefsError, LookupError):
@@ -88,10 +89,12 @@ class TrainingHooks:
         self._queued: list[ChangeSet] = []
         self._sub: Any = None
         self._step_hook: Any = None
+        self._slow = False  # on_step_end has more to do than deliver: a step plugin, staged writes
         self._started = self._ended = False
         self._view = client._view
         self._pinned: dict[str, Any] = {}
         self._staged: list[Callable[[Any], None]] = []
+        self._staged_at = 0.0
         self._warned_next_run: set[str] = set()
         self._resume()
 
@@ -157,6 +160,7 @@ class TrainingHooks:
         self._pinned = {k: self._view.values[k] for k in NEXT_RUN_KEYS if k in self._view.values}
         if self._hook.mlprefs_step_end.get_hookimpls():
             self._step_hook = self._hook.mlprefs_step_end
+            self._slow = True
         self._hook.mlprefs_train_start(hooks=self)
         self._save("running")
 
@@ -165,8 +169,8 @@ class TrainingHooks:
         self.steps += 1
         if self._pending:
             self._deliver()
-        if self._step_hook is not None:
-            self._step_hook(hooks=self, step=step)
+        if self._slow:
+            self._slow_step(step)
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any] | None = None,
                      fallback_metric: str | None = None) -> None:
@@ -209,6 +213,12 @@ class TrainingHooks:
             self._sub = None
 
     # -- internals ------------------------------------------------------------------
+    def _slow_step(self, step: int) -> None:
+        if self._step_hook is not None:
+            self._step_hook(hooks=self, step=step)
+        if self._staged and time.monotonic() - self._staged_at >= FLUSH_AFTER_S:
+            self._save()
+
     def _evaluate(self, metrics: Mapping[str, Any], fallback_metric: str | None, index: int) -> None:
         self.checks += 1
         self._hook.mlprefs_evaluate(hooks=self, metrics=metrics, fallback_metric=fallback_metric,
@@ -250,7 +260,7 @@ class TrainingHooks:
             if live:
                 self._hook.mlprefs_apply_changes(hooks=self, changes=ChangeSet(tuple(live)),
                                                  step=self.steps)
-        self._store_call(record_changes, records)
+        self.stage(lambda db: write_changes(db, records))
 
     def _resume(self) -> None:
         record = self._store_call(load_run, self.run_id)
@@ -264,12 +274,17 @@ class TrainingHooks:
                  self.iteration, record.status)
 
     def stage(self, write: Callable[[Any], None]) -> None:
-        """Queue write(db) for the run's next save, so a boundary costs one commit, not several."""
+        """Queue write(db) for the run's next save: one commit per epoch or evaluation, none
+        on the step path (a step boundary saves only what waited FLUSH_AFTER_S)."""
+        if not self._staged:
+            self._staged_at = time.monotonic()
+            self._slow = True
         self._staged.append(write)
 
     def _save(self, status: str = "running") -> None:
         staged = self._staged[:]
         self._staged.clear()
+        self._slow = self._step_hook is not None
         self._store_call(save_run, self.run_id, self.client.user, self.client.project, status,
                          self.stop_reason, self.iteration, self.steps,
                          {"checks": self.checks, "plugins": self.state}, staged)

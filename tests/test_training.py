@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlprefs_sdk import Client, MlprefsError
+from mlprefs_sdk import Client, MlprefsError, training
 from mlprefs_sdk.runs import load_run, run_changes
 from mlprefs_sdk.training import MetricNotFoundError
 
@@ -265,6 +265,7 @@ def test_next_run_keys_wait_for_the_next_run(home, caplog):
         hooks.on_step_end(1)
         assert hooks.get("ml.performance.batch_size") == 32
         assert prefs.get("ml.performance.batch_size") == 128
+        hooks.on_train_end()
         changes = run_changes(prefs.store, hooks.run_id)
     assert sum("takes effect at the next run" in r.message for r in caplog.records) == 1
     assert [(c.key, c.new, c.applied) for c in changes] == [
@@ -280,10 +281,22 @@ def test_every_applied_change_is_recorded_with_run_id_and_step(home):
             hooks.on_step_end(step)
         edit(prefs, "[ml.training]\nlearning_rate = 0.01\n")
         hooks.on_step_end(3)
+        hooks.on_epoch_end(0)
         [change] = run_changes(prefs.store, "run-a")
     assert (change.run_id, change.step, change.key, change.old, change.new, change.applied) == (
         "run-a", 4, "ml.training.learning_rate", 0.02, 0.01, True)
     assert change.source.endswith("mlprefs.toml:2")
+
+
+def test_a_change_applied_mid_epoch_reaches_the_store_at_a_later_step(home, monkeypatch):
+    monkeypatch.setattr(training, "FLUSH_AFTER_S", 0.0)
+    with Client() as prefs:
+        hooks = prefs.training_hooks(run_id="run-b")
+        hooks.on_train_start()
+        prefs.set("ml.training.learning_rate", 0.01)
+        hooks.on_step_end(0)
+        with Client() as other:  # another process's view of the store
+            assert [c.new for c in run_changes(other.store, "run-b")] == [0.01]
 
 
 def test_flags_hold_still_until_the_step_boundary(home):

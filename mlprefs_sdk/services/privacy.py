@@ -145,6 +145,7 @@ class DataPrivacy:
 
     # -- consent ------------------------------------------------------------------------
     def grant_consent(self, subject: str) -> ConsentStatus:
+        """Record consent (lifting an earlier opt-out); effective for the next record."""
         return self._set_consent(_check_subject(subject, "grant_consent"), True, False,
                                  "consent.grant")
 

@@ -252,7 +252,8 @@ class Catalog:
 
     def suggest(self, key: str, n: int = 3) -> list[str]:
         """Nearest known keys: a typo in the whole key, a near or partial last segment in any
-        section (`ml.training.batch` -> ml.performance.batch_size), closest first."""
+        section (`ml.training.batch` -> ml.performance.batch_size), initials (`lr`), closest
+        first."""
         import difflib
 
         tail = key.rsplit(".", 1)[-1].lower()
@@ -270,6 +271,8 @@ class Catalog:
                     score = 0.7 + tail_score / 10
                 elif words and len(tail) >= 3 and words <= set(known_tail.split("_")):
                     score = 0.6  # every word of the name appears in the known one
+                elif len(tail) >= 2 and tail == "".join(w[:1] for w in known_tail.split("_")):
+                    score = 0.55  # initials: lr -> learning_rate
                 else:
                     continue
             scored.append((score, known))

@@ -81,16 +81,19 @@ class Client:
 
         self._store: Store = open_store(self.locations.store)
         self._slots: dict[str, tuple[L.Layer, ...]] = {}
-        project_layer = self._read_project_file()
-        meta = project_layer.meta
-        self.project = project or os.environ.get("MLPREFS_PROJECT") or meta.get("name") or None
-        self.template = template or meta.get("template") or None
-        self._slots["project-file"] = (project_layer,)
-        self._slots.update(self._read_slots(s for s in LAYERS if s != "project-file"))
-        view, problems = self._resolve()
-        if problems:
-            self._store.close()
-            raise _error(problems)
+        try:
+            project_layer = self._read_project_file()
+            meta = project_layer.meta
+            self.project = project or os.environ.get("MLPREFS_PROJECT") or meta.get("name") or None
+            self.template = template or meta.get("template") or None
+            self._slots["project-file"] = (project_layer,)
+            self._slots.update(self._read_slots(s for s in LAYERS if s != "project-file"))
+            view, problems = self._resolve()
+            if problems:
+                raise _error(problems)
+        except BaseException:
+            self._store.close()  # a Client that failed to start holds no connection
+            raise
         self._install(view)
         self._log_warnings(view)
         self._pm: Any = None
@@ -198,7 +201,7 @@ class Client:
                   from_string: bool = False) -> list[HistoryEntry]:
         self._check_writable(values.items())
         scope_id = self._scope_id(scope)
-        source = Source(scope, detail=f"{scope} {scope_id!r}, set by {self.user}")
+        source = Source(scope, detail=f"{scope} {scope_id!r}")
         typed, problems = [], []
         for key, value in values.items():
             try:

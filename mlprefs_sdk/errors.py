@@ -83,10 +83,11 @@ class LockedKeyError(MlprefsError, PermissionError):
     """The key is pinned by the policy file's [locked] table."""
 
     def __init__(self, key: str, value: Any, locked_value: Any, source: Source) -> None:
+        from .values import format_value
+
         self.key, self.value, self.locked_value, self.source = key, value, locked_value, source
-        super().__init__(
-            f"{key} is locked to {locked_value!r} by {source}; cannot set it to {value!r}"
-        )
+        super().__init__(f"{key} is locked to {format_value(locked_value)} by {source}; "
+                         f"cannot set it to {format_value(value)}")
 
 
 class StoreError(MlprefsError, OSError):

@@ -47,11 +47,14 @@ def defaults_layer(catalog: Catalog) -> Layer:
     return Layer("defaults", entries, catalog.path, trusted=True)
 
 
+_REGISTERED = Source("defaults", detail="registered")  # one shared, immutable instance
+
+
 def default_entry(catalog: Catalog, spec: KeySpec) -> Entry:
     """A packaged key points at its line in defaults.toml; a registered one says so."""
     if spec.line:
         return Entry(spec.default, Source("defaults", catalog.path, spec.line))
-    return Entry(spec.default, Source("defaults", detail="registered"))
+    return Entry(spec.default, _REGISTERED)
 
 
 def file_layer(name: str, path: str, section: str | None = None) -> Layer:

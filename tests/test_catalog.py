@@ -38,6 +38,7 @@ SPEC_TABLE = [
     ("ml.training.restore_best_weights", bool, False, None, "user"),
     ("ml.training.regularization_l1", float, 0.01, (0.0, 1.0), "user"),
     ("ml.training.regularization_l2", float, 0.01, (0.0, 1.0), "user"),
+    ("ml.training.distributed_sync_steps", int, 10, (1, 10000), "user"),  # issue 7, not in the SPEC table
     ("ml.data.retention_days", int, 365, (30, 2555), "admin"),
     ("ml.data.auto_cleanup_enabled", bool, True, None, "admin"),
     ("ml.data.privacy_mode", str, "strict", ("strict", "moderate", "permissive"), "admin"),
@@ -189,6 +190,7 @@ def test_numpy_scalars_are_plain_numbers_after_check(catalog):
     ("ml.training.patience", "ml.training.early_stopping_patience"),
     ("ml.global.enable", "ml.global.enabled"),
     ("ml.data.retention", "ml.data.retention_days"),
+    ("ml.training.lr", "ml.training.learning_rate"),
 ])
 def test_unknown_keys_suggest_the_nearest_known_key(catalog, key, suggestion):
     assert catalog.suggest(key)[0] == suggestion

@@ -105,10 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if e.code in (0, None) else 1
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
-    if not args.verbose:
-        # Rule warnings (batch size not a power of two, ...) are what `validate` and `doctor`
-        # report; every other verb would repeat them on each run.
-        logging.getLogger("mlprefs_sdk.client").setLevel(logging.ERROR)
+    # Rule warnings (batch size not a power of two, ...) are what `validate` and `doctor`
+    # report; every other verb would repeat them on each run. Restored on the way out, since
+    # main() may run inside a longer-lived process.
+    client_log = logging.getLogger("mlprefs_sdk.client")
+    quiet = not args.verbose and client_log.level == logging.NOTSET
+    if quiet:
+        client_log.setLevel(logging.ERROR)
     ctx = Context(args)
     try:
         code = args.func(ctx)
@@ -128,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(ctx, e, 2, internal=True)
     finally:
         ctx.close()
+        if quiet:
+            client_log.setLevel(logging.NOTSET)
 
 
 def _fail(ctx: Context, err: BaseException, code: int, internal: bool = False) -> int:

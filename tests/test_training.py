@@ -352,3 +352,22 @@ def test_a_plugin_hook_failure_reaches_the_caller(home):
         hooks.on_train_start()
         with pytest.raises(MlprefsError):
             hooks.on_epoch_end(0, {"val_loss": 1.0})
+
+
+def test_runs_changes_and_curves_live_in_either_store_backend(store_url):
+    with Client(store=store_url) as prefs:
+        hooks = prefs.training_hooks(run_id="both")
+        hooks.on_train_start()
+        prefs.set("ml.training.learning_rate", 0.01)
+        hooks.on_step_end(0)
+        hooks.on_epoch_end(0, {"val_loss": 0.31})
+        hooks.on_epoch_end(1, {"val_loss": math.nan})
+        hooks.on_train_end()
+    with Client(store=store_url) as prefs:
+        assert (load_run(prefs.store, "both").status, prefs.training_hooks(run_id="both").iteration) \
+            == ("stopped", 2)
+        assert [(c.key, c.new, c.step) for c in run_changes(prefs.store, "both")] == [
+            ("ml.training.learning_rate", 0.01, 1)]
+        [first, second] = prefs.curves.get("both")["val_loss"]
+        assert first == (0, 0.31) and math.isnan(second[1])
+        assert prefs.curves.runs() == ["both"]

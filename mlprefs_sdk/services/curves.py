@@ -61,7 +61,7 @@ class Curves:
     def runs(self) -> list[str]:
         """Run ids that have a curve, newest first."""
         rows = self._client._store.query(
-            "SELECT run_id, MAX(at) AS last FROM curves GROUP BY run_id ORDER BY last DESC")
+            "SELECT run_id, MAX(at) AS latest FROM curves GROUP BY run_id ORDER BY latest DESC")
         return [r[0] for r in rows]
 
     def plot(self, run: str, path: str | os.PathLike[str], metrics: list[str] | None = None) -> str:

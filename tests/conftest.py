@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pgtest import fresh_store_url, require_server  # reads MLPREFS_TEST_PG before `home` clears it
 
 
 @pytest.fixture
@@ -46,8 +47,6 @@ def store_url(request: pytest.FixtureRequest, home: Path):
     if request.param == "sqlite":
         yield str(home / "prefs.db")
         return
-    from pgtest import fresh_store_url, require_server
-
     require_server()
     with fresh_store_url() as url:
         yield url

@@ -310,6 +310,20 @@ def test_flags_hold_still_until_the_step_boundary(home):
         assert hooks.enabled("ml.features.advanced_enabled")
 
 
+def test_the_master_switch_flips_every_feature_and_the_log_says_so(home, caplog):
+    caplog.set_level(logging.INFO, "mlprefs_sdk")
+    write("[ml.global]\nenabled = true\n")
+    with Client() as prefs:
+        hooks = prefs.training_hooks()
+        hooks.on_train_start()
+        assert hooks.enabled("ml.features.naive_enabled")
+        edit(prefs, "[ml.global]\nenabled = false\n")
+        hooks.on_step_end(0)
+        assert not hooks.enabled("ml.features.naive_enabled")
+    assert any("feature ml.features.naive_enabled is now off" in r.message
+               and "mlprefs.toml:2" in r.message for r in caplog.records)
+
+
 def test_epoch_metrics_become_the_runs_learning_curve(home):
     with Client() as prefs:
         hooks = prefs.training_hooks(run_id="curve-run")

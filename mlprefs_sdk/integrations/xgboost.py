@@ -76,7 +76,11 @@ class MlprefsCallback(xgb.callback.TrainingCallback):
             self._warned_no_eval = True
             log.info("mlprefs: no eval set given (evals=/eval_set=): early stopping has nothing "
                      "to check; max_iterations still applies")
-        self.hooks.on_epoch_end(epoch, metrics or None, fallback_metric=fallback)
+        try:
+            self.hooks.on_epoch_end(epoch, metrics or None, fallback_metric=fallback)
+        except BaseException:  # xgboost skips after_training when a callback raises
+            self.hooks.close()
+            raise
         return self.hooks.should_stop
 
     def after_training(self, model: Any) -> Any:

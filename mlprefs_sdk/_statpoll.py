@@ -1,0 +1,241 @@
+"""Where change signals come from, and when a changed file has settled enough to read.
+
+Editors and scripts do not write a file in one step: an in-place save truncates first and
+writes after, and a slow writer can pause half-way. A file is therefore applied only once its
+stat signature (mtime_ns, ctime_ns, size, inode, device) has held still for QUIET_S, judged by
+the file's own mtime where the filesystem keeps sub-millisecond times, else by how long this
+process has seen it unchanged. States that are usually the middle of a save rather than its
+end - the file gone (vim renames the original away before writing the new one) or emptied
+in place - must hold still for GRACE_S, as must a read that fails to parse or validate before
+it is reported: a torn write that is completed within 100 ms never raises an error event.
+
+Signals: `NativeEvents` (watchfiles on the files' directories) says "something happened
+here, stat your files"; `StatPoll`, for where native events are missing (network
+filesystems, some container mounts, MLPREFS_WATCH=poll), says so every TICK_S; `StoreProbe`
+tells whether another process committed to the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Sequence
+
+import attrs
+
+__all__ = ["QUIET_S", "GRACE_S", "TICK_S", "Sig", "UNKNOWN", "signature", "Tracked",
+           "settle_wait", "StatPoll", "NativeEvents", "StoreProbe", "existing_ancestor",
+           "remote_filesystem"]
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.010    # the watcher's loop period: stat loop, store poll, native step
+QUIET_S = 0.010   # an ordinary save must have held still this long (see docs/hot-reload.md)
+GRACE_S = 0.150   # a vanished, emptied or invalid file must hold still this long
+STEP_MS = round(TICK_S * 1000)  # watchfiles' step: p50 latency is about 1.5 x step
+DEBOUNCE_MS = 50  # a stream of new files elsewhere in a directory cannot hold a batch longer
+# Filesystems whose changes made on another host raise no local inotify event.
+REMOTE_FS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+    "gpfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.grpcfuse", "virtiofs", "vboxsf",
+    "drvfs",
+})
+
+# (mtime_ns, ctime_ns, size, inode, device) of an existing file; ("error", errno) when it
+# cannot be stat'ed for another reason than absence; None when it does not exist.
+Sig = tuple[Any, ...]
+UNKNOWN: Any = ("unknown",)  # not yet handled: the first pass re-reads the file
+
+
+def signature(path: str) -> Sig | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a swapped ConfigMap ..data link changes st_ino
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:  # e.g. permission denied: reading it will report the problem
+        return ("error", e.errno)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def _is_file(sig: Sig | None) -> bool:
+    return sig is not None and len(sig) == 5
+
+
+@attrs.define(slots=True, eq=False)
+class Tracked:
+    """One file the watcher follows: what it last saw, since when, and what it last applied."""
+
+    path: str
+    seen: Sig | None = UNKNOWN
+    seen_at: float = 0.0       # time.monotonic() when `seen` was first observed
+    handled: Sig | None = UNKNOWN
+    first: Sig | None = UNKNOWN  # as found when the watcher armed: what the view was read from
+
+    def observe(self, now: float) -> bool:
+        """Stat the file; True when its signature differs from the last one seen."""
+        sig = signature(self.path)
+        if sig == self.seen:
+            return False
+        if self.seen is UNKNOWN:
+            self.first = sig
+        self.seen, self.seen_at = sig, now
+        return True
+
+    @property
+    def dirty(self) -> bool:
+        return self.seen != self.handled
+
+    def age(self, now: float, wall_ns: int) -> float:
+        """Seconds the current signature has held still (by mtime when it is fine-grained)."""
+        observed = now - self.seen_at
+        sig = self.seen
+        if _is_file(sig) and sig[0] % 1_000_000:  # sub-ms digits: a trustworthy clock
+            by_mtime = (wall_ns - sig[0]) / 1e9
+            if by_mtime >= 0:  # a future mtime (clock skew) proves nothing
+                return max(observed, by_mtime)
+        return observed
+
+    @property
+    def suspicious(self) -> bool:
+        """Gone or emptied after having content: most likely mid-save, so wait longer."""
+        before, now = (self.first if self.handled is UNKNOWN else self.handled), self.seen
+        if not _is_file(before):
+            return False
+        return now is None or (_is_file(now) and now[2] == 0 and before[2] > 0)
+
+
+def settle_wait(files: Sequence[Tracked], now: float, wall_ns: int) -> tuple[float, bool]:
+    """(seconds still to wait before reading, whether a bad read may be reported now)."""
+    wait, report = 0.0, True
+    for f in files:
+        if not f.dirty:
+            continue
+        age = f.age(now, wall_ns)
+        wait = max(wait, (GRACE_S if f.suspicious else QUIET_S) - age)
+        report = report and age >= GRACE_S
+    return wait, report
+
+
+class StatPoll:
+    """The stat-loop backend: wake every tick and have every file stat'ed."""
+
+    name = "poll"
+
+    def wait(self, stop: threading.Event, timeout: float) -> bool:
+        """Sleep until the next tick; True means 'stat every file now'.
+
+        time.sleep costs half of Event.wait per wake-up; stop() still lands within a tick.
+        """
+        time.sleep(timeout)
+        return True
+
+    def retarget(self, dirs: Sequence[str]) -> None:
+        """Nothing to do: stat() follows the files wherever their directories are."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class StoreProbe:
+    """Has another process committed to the store? Called every tick, so it must be cheap.
+
+    For SQLite a stat of the -wal file (every commit writes it) gates PRAGMA data_version,
+    which costs several times more on a cold cache; the pragma still runs every
+    SAFETY_TICKS, in case two commits leave the same stat behind.
+    """
+
+    SAFETY_TICKS = 10
+
+    def __init__(self, store: Any) -> None:
+        from .store import SQLiteStore
+
+        location = getattr(store, "location", "")
+        self._store = store
+        self._off = location == ":memory:"  # private to this connection: nobody else writes
+        self._wal = location + "-wal" if isinstance(store, SQLiteStore) else None
+        self._last: Any = None
+        self._ticks = 0
+
+    def __call__(self) -> bool:
+        if self._off:
+            return False
+        if self._wal is not None:
+            sig = signature(self._wal)
+            self._ticks += 1
+            if sig == self._last and self._ticks < self.SAFETY_TICKS:
+                return False
+            self._last, self._ticks = sig, 0
+        return self._store.changed()
+
+
+class NativeEvents:
+    """watchfiles' Rust notifier on a set of directories, non-recursive."""
+
+    name = "native"
+
+    def __init__(self, dirs: Sequence[str]) -> None:
+        # The Rust backend directly (documented in watchfiles' API docs): watchfiles.watch()
+        # logs every batch at INFO and would honour WATCHFILES_FORCE_POLLING, which loses saves.
+        from watchfiles._rust_notify import RustNotify
+
+        self._cls = RustNotify
+        self.dirs = tuple(dirs)
+        self._notify = RustNotify(list(self.dirs), False, False, 0, False, False)
+        self.structural = False  # a batch held something other than a modification
+
+    def wait(self, stop: threading.Event, timeout: float) -> bool:
+        raw = self._notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(timeout * 1000)), stop)
+        if isinstance(raw, set):
+            if any(change != 2 for change, _ in raw):  # 2 = modified
+                self.structural = True
+            return True
+        return False
+
+    def retarget(self, dirs: Sequence[str]) -> None:
+        dirs = tuple(dirs)
+        if dirs == self.dirs:
+            return
+        fresh = self._cls(list(dirs), False, False, 0, False, False)  # new first: no gap
+        self._notify.close()
+        self._notify, self.dirs = fresh, dirs
+
+    def close(self) -> None:
+        self._notify.close()
+
+
+def existing_ancestor(path: str) -> str:
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def remote_filesystem(dirs: Sequence[str], mounts: str | None = None) -> tuple[str, str] | None:
+    """(directory, fstype) of the first directory on a network filesystem (Linux only)."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts", encoding="utf-8") as f:
+                mounts = f.read()
+        except OSError:  # not Linux: assume local, native events
+            return None
+    rows = [line.split()[1:3] for line in mounts.splitlines() if len(line.split()) >= 3]
+    table = sorted(((_unescape(m), t) for m, t in rows), key=lambda mt: len(mt[0]),
+                   reverse=True)
+    for d in dirs:
+        for mount, fstype in table:
+            if d == mount or d.startswith(mount.rstrip("/") + "/"):
+                if fstype in REMOTE_FS:
+                    return d, fstype
+                break
+    return None
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field

@@ -1,0 +1,87 @@
+"""`mlprefs watch`: print every change as the watcher applies it, and every rejected edit."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import MlprefsError
+from ..values import ChangeSet, format_value, show_path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="print each change as it is applied, until interrupted")
+    # Also accepted after the verb; SUPPRESS keeps `mlprefs --json watch` working too.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print one JSON object a line")
+    p.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(ctx: Any) -> int:
+    client = ctx.client()
+    lock = threading.Lock()  # changes arrive on the watcher thread
+    edits = itertools.count(1)  # numbers the applied and rejected edits
+
+    def out(data: dict[str, Any], text: str) -> None:
+        with lock:
+            ctx.emit(data, text)
+            ctx.out.flush()
+
+    def on_change(changes: ChangeSet) -> None:
+        at, edit = datetime.now(timezone.utc), next(edits)
+        for c in changes:
+            out({"event": "change", "time": _iso(at), "edit": edit, "key": c.key, "old": c.old,
+                 "new": c.new, "source": _source(c.source)},
+                f"{_clock(at)}  {c.key}  {format_value(c.old)} → {format_value(c.new)}  "
+                f"({c.source})")
+
+    def on_error(err: MlprefsError) -> None:
+        at, edit = datetime.now(timezone.utc), next(edits)
+        for p in getattr(err, "problems", None) or []:
+            src = p.source
+            where = (show_path(src.path) + (f":{src.line}" if src.line else "")
+                     if src is not None and src.path else str(src or "?"))
+            out({"event": "rejected", "time": _iso(at), "edit": edit,
+                 "path": src.path if src else None, "line": src.line if src else None,
+                 "key": p.key or None, "value": p.value, "rule": p.rule, "message": p.message},
+                f"{_clock(at)}  rejected: {p.message}" if where in p.message
+                else f"{_clock(at)}  rejected {where}: {p.message}")
+
+    client.on_change("*", on_change)
+    client.on_error(on_error)
+    client.watch()
+    watcher = client._watcher
+    shown = [show_path(p) for p in watcher.paths]
+    out({"event": "watching", "time": _iso(datetime.now(timezone.utc)),
+         "backend": watcher.backend, "paths": watcher.paths},
+        f"watching {len(shown)} files ({watcher.backend} events); Ctrl-C to stop:\n  "
+        + "\n  ".join(shown))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly as on Ctrl-C
+    while watcher.alive:
+        time.sleep(0.25)
+    raise MlprefsError("the watcher stopped unexpectedly; see the log above")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _source(source: Any) -> dict[str, Any]:
+    return {"layer": source.layer, "path": source.path, "line": source.line,
+            "detail": source.detail}
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clock(at: datetime) -> str:
+    return at.astimezone().strftime("%H:%M:%S.") + f"{at.microsecond // 1000:03d}"

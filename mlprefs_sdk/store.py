@@ -202,6 +202,16 @@ class SQLiteStore:
                 return True
             return False
 
+    def health(self) -> dict[str, Any]:
+        """Backend, round-trip latency and how other clients' changes arrive (for doctor)."""
+        start = time.perf_counter()
+        self.query("SELECT 1")
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        return {"backend": "sqlite", "location": self.location, "latency_ms": latency_ms,
+                "notifications": {"mechanism": "PRAGMA data_version",
+                                  "state": "read on every watcher tick (this host only)"},
+                "healthy": True}
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():

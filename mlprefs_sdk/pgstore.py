@@ -1,0 +1,389 @@
+"""The store on PostgreSQL: one database that a team's machines share (extra "postgres").
+
+Same schema, migrations and semantics as SQLiteStore; the statements are SQLiteStore's own,
+translated by _pgsql. Writers: every write transaction first takes one transaction-scoped
+advisory lock for the store, PostgreSQL's counterpart of SQLite's BEGIN IMMEDIATE, so the
+Client's in-transaction validation and the services' read-then-write see no other writer and
+nothing is lost between hosts. A transaction that wrote NOTIFYs before it commits.
+
+Changes: a listener thread holds its own connection, LISTENs on the store's channel and
+raises a flag that changed() reads, so the watcher's 10 ms tick is a local check, not a query.
+A lost listener connection reconnects with backoff and then reports a change, so the Client
+re-reads everything and misses nothing that was committed meanwhile; reads keep being
+answered from the Client's cached view throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+import zlib
+from typing import Any, Iterator, Sequence
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.adapt import Loader
+
+from ._migrations import MIGRATIONS
+from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
+from .errors import StoreError
+from .store import SQLiteStore
+
+__all__ = ["PostgresStore", "redact"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0            # the listener pings its idle connection this often
+BACKOFF_S = (0.05, 2.0)      # first and longest wait between reconnection attempts
+READY_TIMEOUT_S = 10.0       # how long the constructor waits for LISTEN to be in place
+# Applied unless the URL says otherwise: a dead peer is noticed in seconds, not hours.
+CONNECT_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
+                    "keepalives_interval": "2", "keepalives_count": "3",
+                    "tcp_user_timeout": "10000"}
+WAKE = "wake"                # payload close() sends so the listener stops at once
+
+
+def _say(e: BaseException) -> str:
+    """An error's message on one line: the server's primary message, else libpq's text."""
+    primary = getattr(getattr(e, "diag", None), "message_primary", None)
+    return primary or " ".join(str(e).split()) or type(e).__name__
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and `mlprefs doctor`."""
+    url = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
+
+
+class _NumberLoader(Loader):
+    """NUMERIC (SUM/AVG of integers) as the int or float SQLite returns, not Decimal."""
+
+    def load(self, data: Any) -> int | float:
+        return plain_number(bytes(data).decode())
+
+
+class PostgresStore:
+    """A main connection (guarded by a lock) plus a listener thread; both reopened after fork."""
+
+    # The preference, history and template SQL is portable: SQLiteStore's methods run here
+    # unchanged through query() and transaction().
+    scope_values = SQLiteStore.scope_values
+    write = SQLiteStore.write
+    history = SQLiteStore.history
+    history_entry = SQLiteStore.history_entry
+    saved_templates = SQLiteStore.saved_templates
+    save_template = SQLiteStore.save_template
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.shown = redact(location)
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection | None = None
+        self._pid = -1
+        self._in_transaction = False
+        self._listener: _Listener | None = None
+        self._connect()
+
+    # -- connections --------------------------------------------------------------
+    def _open(self, role: str) -> psycopg.Connection:
+        given = psycopg.conninfo.conninfo_to_dict(self.location)
+        extra = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+        extra.setdefault("application_name", f"mlprefs {role}")
+        try:
+            conn = psycopg.connect(self.location, autocommit=True, **extra)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to the store {self.shown}: {_say(e)}") from None
+        conn.adapters.register_loader("numeric", _NumberLoader)
+        return conn
+
+    def _connect(self) -> None:
+        """Open the main connection, migrate, and (first time in this process) start listening."""
+        conn = self._open("store")
+        try:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            if schema is None:
+                raise StoreError(f"{self.shown}: its search_path names no existing schema; "
+                                 f"create the schema first")
+            self.schema = schema
+            self.channel = f"mlprefs:{schema}"[:63]
+            self._lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
+            self._conn, self._pid = conn, os.getpid()
+            self.backend_pid = conn.info.backend_pid  # our own notifications come from it
+            self._migrate()
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+        if self._listener is None or self._listener.pid != self._pid:
+            self._listener = _Listener(self)
+            self._listener.start()
+            if self._listener.ready.wait(READY_TIMEOUT_S):
+                # What was committed before now, the caller's first read sees; only later
+                # commits are news. (A late first LISTEN leaves the flag set: read again.)
+                self._listener.changed.clear()
+            else:
+                log.warning("mlprefs: %s: no LISTEN connection yet; changes made elsewhere are "
+                            "picked up once it connects", self.shown)
+
+    def _after_fork(self) -> None:
+        """In a forked child: its own connections and listener, never the parent's sockets."""
+        self._conn, self._listener = None, None
+        self._connect()
+        assert self._listener is not None
+        self._listener.changed.set()  # the view the child inherited may predate its LISTEN
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        """The main connection: replaced after fork, or when it broke outside a transaction."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        elif self._conn is None or (self._conn.closed and not self._in_transaction):
+            self._connect()
+        assert self._conn is not None
+        return self._conn
+
+    def _migrate(self) -> None:
+        known = len(MIGRATIONS)
+        version = self._version()
+        if version > known:
+            raise StoreError(f"{self.shown} has schema version {version}, newer than this "
+                             f"mlprefs-sdk knows ({known}); upgrade mlprefs-sdk")
+        while version < known:
+            with self.transaction() as db:
+                db.raw.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version BIGINT NOT NULL)")
+                version = self._version()
+                if version == 0 and not db.raw.execute(f"SELECT 1 FROM {VERSION_TABLE}").fetchone():
+                    db.raw.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (0)")
+                if version < known:  # another process may have migrated meanwhile
+                    migration = MIGRATIONS[version]
+                    try:
+                        migration(db)
+                    except StoreError as e:
+                        raise StoreError(
+                            f"{self.shown}: schema migration {migration.__name__} failed "
+                            f"({_say(e.__cause__ or e)}); the store stays at schema version "
+                            f"{version}") from None
+                    version += 1
+                    db.execute(f"PRAGMA user_version = {version}")
+
+    def _version(self) -> int:
+        assert self._conn is not None
+        exists = self._conn.execute("SELECT to_regclass(%s)", [VERSION_TABLE]).fetchone()[0]
+        if exists is None:
+            return 0
+        row = self._conn.execute(translate("PRAGMA user_version")).fetchone()
+        return row[0] if row else 0
+
+    @property
+    def schema_version(self) -> int:
+        return self.query("PRAGMA user_version")[0][0]
+
+    def _error(self, statement: str, e: Exception) -> StoreError:
+        return StoreError(f"{self.shown}: {_say(e)} (in: {' '.join(statement.split())[:200]})")
+
+    # -- generic access for services -------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[PgConnection]:
+        """A write transaction holding the store's write lock, so concurrent writers queue."""
+        with self._lock:
+            if self._in_transaction:
+                raise StoreError(f"{self.shown}: a write transaction is already open on this "
+                                 f"thread; transactions do not nest")
+            conn = self._begin()
+            db = PgConnection(conn, psycopg.Error, self._error)
+            self._in_transaction = True
+            try:
+                try:
+                    yield db
+                    if db.wrote:  # delivered to every listener when, and only if, we commit
+                        conn.execute("SELECT pg_notify(%s, %s)", [self.channel, "commit"])
+                except psycopg.Error as e:
+                    self._rollback(conn)
+                    raise StoreError(f"{self.shown}: write failed, nothing was changed: "
+                                     f"{_say(e)}") from e
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except psycopg.Error as e:
+                    raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
+                                     f"connection dropped, the write may or may not be stored: "
+                                     f"check the history") from e
+            finally:
+                self._in_transaction = False
+
+    def _begin(self) -> psycopg.Connection:
+        """BEGIN and take the write lock; a connection found dead here is replaced once."""
+        for attempt in (1, 2):
+            conn = self.conn
+            try:
+                conn.execute("BEGIN")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+                return conn
+            except psycopg.OperationalError as e:
+                self._rollback(conn)
+                if attempt == 2 or not conn.closed:
+                    raise StoreError(f"{self.shown}: could not start a write: {_say(e)}") from e
+                log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown, _say(e))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _rollback(conn: psycopg.Connection) -> None:
+        if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return  # a dropped connection rolled back on the server
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error as e:
+            log.warning("mlprefs: rollback failed (%s); the server rolls back on disconnect", e)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """One statement. Outside a transaction a write gets one of its own (as SQLite's
+        autocommit takes the write lock), and a read is retried once after a dropped
+        connection."""
+        with self._lock:
+            read = is_read(translate(sql))
+            if not self._in_transaction and not read:
+                with self.transaction() as db:
+                    return db.execute(sql, params).fetchall()
+            db = PgConnection(self.conn, psycopg.Error, self._error)
+            try:
+                return db.execute(sql, params).fetchall()
+            except StoreError as e:
+                if self._in_transaction or not read or not db.raw.closed:
+                    raise
+                log.warning("mlprefs: %s; reconnecting", e)
+            return PgConnection(self.conn, psycopg.Error, self._error).execute(sql, params).fetchall()
+
+    def changed(self) -> bool:
+        """True once after another client committed, or after LISTEN reconnected (a flag)."""
+        if self._pid != os.getpid():
+            with self._lock:
+                self._after_fork()
+        listener = self._listener
+        if listener is not None and listener.changed.is_set():
+            listener.changed.clear()
+            return True
+        return False
+
+    def health(self) -> dict[str, Any]:
+        """Backend, round-trip latency and the notification channel's state (for doctor)."""
+        with self._lock:
+            start = time.perf_counter()
+            self.query("SELECT 1")
+            latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        listener = self._listener
+        connected = listener is not None and listener.connected
+        round_trip = listener.probe(self) if listener is not None and connected else None
+        state = (f"connected, a NOTIFY came back in {round_trip} ms" if round_trip is not None
+                 else "connected, but a NOTIFY did not come back" if connected
+                 else "reconnecting")
+        reconnects = listener.reconnects if listener is not None else 0
+        return {"backend": "postgresql", "location": self.shown, "schema": self.schema,
+                "latency_ms": latency_ms,
+                "notifications": {"mechanism": f"LISTEN/NOTIFY on {self.channel}", "state": state,
+                                  "round_trip_ms": round_trip, "reconnects": reconnects},
+                "healthy": round_trip is not None}
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            mine = self._pid == os.getpid()
+            if listener is not None and mine:
+                listener.stop(self._conn)
+            if self._conn is not None and mine:
+                self._conn.close()
+            self._conn = None
+
+    def _notify(self, payload: str) -> None:
+        with self._lock:
+            self.conn.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
+
+
+class _Listener(threading.Thread):
+    """LISTEN on the store's channel; reconnect with backoff; flag every change for changed()."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        super().__init__(name=f"mlprefs-listen {store.channel}", daemon=True)
+        self._store = store
+        self.pid = os.getpid()
+        self.changed = threading.Event()
+        self.ready = threading.Event()
+        self.connected = False
+        self.reconnects = 0
+        self.backend_pid = 0
+        self._halt = threading.Event()
+        self._probes: dict[str, threading.Event] = {}
+
+    def run(self) -> None:
+        delay = BACKOFF_S[0]
+        while not self._halt.is_set():
+            try:
+                conn = self._store._open("listen")
+            except StoreError as e:
+                log.warning("mlprefs: %s; retrying in %.2f s", e, delay)
+            else:
+                since = time.monotonic()
+                try:
+                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._store.channel)))
+                    self.backend_pid, self.connected = conn.info.backend_pid, True
+                    if self.ready.is_set():
+                        self.reconnects += 1
+                        log.warning("mlprefs: %s: notifications reconnected; re-reading the store",
+                                    self._store.shown)
+                    self.changed.set()  # commits made while we were not listening sent nothing
+                    self.ready.set()
+                    self._serve(conn)
+                except psycopg.Error as e:
+                    if not self._halt.is_set():
+                        log.warning("mlprefs: %s: notification connection lost (%s); "
+                                    "reconnecting", self._store.shown, _say(e))
+                finally:
+                    self.connected = False
+                    conn.close()
+                if time.monotonic() - since > HEARTBEAT_S:  # it had been healthy: start over
+                    delay = BACKOFF_S[0]
+            self._halt.wait(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_S[1])
+
+    def _serve(self, conn: psycopg.Connection) -> None:
+        while not self._halt.is_set():
+            got = False
+            for note in conn.notifies(timeout=HEARTBEAT_S):
+                got = True
+                if self._halt.is_set():
+                    return
+                probe = self._probes.get(note.payload)
+                if probe is not None:
+                    probe.set()
+                elif note.payload != WAKE and note.pid != self._store.backend_pid:
+                    self.changed.set()  # our own commits are in the view already
+            if not got:
+                conn.execute("SELECT 1")  # a dead server or network surfaces here
+
+    def probe(self, store: PostgresStore, timeout: float = 2.0) -> float | None:
+        """Milliseconds for a NOTIFY to come back through this listener; None if it did not."""
+        token = f"probe {os.getpid()} {threading.get_ident()} {time.monotonic_ns()}"
+        arrived = self._probes[token] = threading.Event()
+        try:
+            start = time.perf_counter()
+            store._notify(token)
+            if arrived.wait(timeout):
+                return round((time.perf_counter() - start) * 1000, 3)
+            return None
+        finally:
+            del self._probes[token]
+
+    def stop(self, conn: psycopg.Connection | None) -> None:
+        self._halt.set()
+        if conn is not None and not conn.closed:
+            try:  # wakes the listener now rather than at its next heartbeat
+                conn.execute("SELECT pg_notify(%s, %s)", [self._store.channel, WAKE])
+            except psycopg.Error as e:
+                log.debug("mlprefs: wake-up notification failed (%s)", e)
+        self.join(HEARTBEAT_S + 1)

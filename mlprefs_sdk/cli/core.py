@@ -306,6 +306,7 @@ def cmd_doctor(ctx: Any) -> int:
     integrity = "n/a"
     if hasattr(store, "query") and loc.store != ":memory:" and "://" not in loc.store:
         integrity = store.query("PRAGMA integrity_check")[0][0]
+    health = store.health() if hasattr(store, "health") else {}  # backend, latency, notifications
     versions = {"mlprefs-sdk": __version__, "python": platform.python_version(),
                 "sqlite": sqlite3.sqlite_version}
     for dist in ("attrs", "cattrs", "watchfiles", "platformdirs", "tomli-w", "pluggy"):
@@ -318,14 +319,15 @@ def cmd_doctor(ctx: Any) -> int:
                       if client.spec(k).access != "user" and k not in locked)
     backend = os.environ.get("MLPREFS_WATCH", "native") or "native"
     data = {
-        "paths": {"store": loc.store, "user_file": loc.user_file, "policy": loc.policy,
+        "paths": {"store": health.get("location", loc.store), "user_file": loc.user_file,
+                  "policy": loc.policy,
                   "project_file": client.project_file[0] if client.project_file else None,
                   "files": list(client._files)},
         "exists": {"policy": os.path.exists(loc.policy), "user_file": os.path.exists(loc.user_file)},
         "project": client.project, "user": client.user, "template": client.template,
         "versions": versions,
         "store": {"backend": type(store).__name__, "integrity": integrity,
-                  "schema_version": getattr(store, "schema_version", None)},
+                  "schema_version": getattr(store, "schema_version", None), **health},
         "watcher_backend": backend,
         "admin_keys_not_locked": unpinned,
         "warnings": [w.message for w in client.warnings],
@@ -339,10 +341,14 @@ def cmd_doctor(ctx: Any) -> int:
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         lines.append(f"store: {data['store']['backend']}, schema {data['store']['schema_version']}, "
                      f"integrity {integrity}")
+        if health:
+            note = health["notifications"]
+            lines.append(f"store latency {health['latency_ms']} ms; changes from other clients: "
+                         f"{note['mechanism']}, {note['state']}")
         lines.append(f"watcher backend: {backend}")
         lines.append(f"admin keys no policy lock pins ({len(unpinned)}): " + ", ".join(unpinned))
         lines += [f"warning: {w}" for w in data["warnings"]]
         return "\n".join(lines)
 
     ctx.emit(data, text)
-    return 0 if integrity in ("ok", "n/a") else 2
+    return 0 if integrity in ("ok", "n/a") and health.get("healthy", True) else 2

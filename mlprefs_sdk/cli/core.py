@@ -143,8 +143,8 @@ def cmd_list(ctx: Any) -> None:
         row = {"key": key, "value": view[key], "type": spec.type_name, "access": spec.access,
                "sensitive": spec.sensitive}
         if ctx.args.sources:
-            row["source"] = _source_json(client.explain(key).source)
-            row["source_text"] = str(client.explain(key).source)
+            source = client.explain(key).source
+            row["source"], row["source_text"] = _source_json(source), str(source)
         rows.append(row)
 
     def text() -> str:

@@ -32,6 +32,7 @@ import attrs
 from mlprefs_sdk import Client
 from mlprefs_sdk.layers import defaults_layer
 from mlprefs_sdk.resolve import resolve
+from mlprefs_sdk.tomlfile import unflatten as nested
 
 KEY = "ml.training.learning_rate"
 FLAG = "ml.features.naive_enabled"
@@ -117,17 +118,6 @@ def forty_five_keys(prefs: Client) -> dict[str, Any]:
     keys = [k for k in sorted(prefs.snapshot()) if not k.startswith("ml.experiments.")]
     keys = [KEY] + [k for k in keys if k != KEY]
     return {k: prefs.get(k) for k in keys[:45]}
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 def peer_growthbook(flat: dict[str, Any]) -> Callable[[], Any]:

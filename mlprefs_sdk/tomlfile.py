@@ -14,7 +14,7 @@ import attrs
 from .errors import ConfigFileError
 from .values import Problem, Source, show_path
 
-__all__ = ["TomlDoc", "read_toml", "parse_toml", "key_lines", "flatten"]
+__all__ = ["TomlDoc", "read_toml", "parse_toml", "key_lines", "flatten", "unflatten"]
 
 _POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
@@ -86,6 +86,18 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield from flatten(value, key)
         else:
             yield key, value
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys back into nested tables (flatten's inverse), as a TOML file writes them."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def _split_key(s: str) -> tuple[list[str], str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlprefs_sdk import Client, ConfigFileError, ValidationError
-from mlprefs_sdk.tomlfile import key_lines, parse_toml, read_toml
+from mlprefs_sdk.tomlfile import flatten, key_lines, parse_toml, read_toml, unflatten
 
 
 def test_tables_and_dotted_keys_name_the_same_key(tmp_path):
@@ -113,3 +113,10 @@ def test_a_broken_file_does_not_hide_problems_elsewhere(project_dir):
         "./mlprefs.toml:1:14: cannot parse TOML: Invalid value; 1 more problem(s):",
         "  ml.training.learning_rate = 7.0 in ./extra.toml:1 is above the maximum 1.0",
     ]
+
+
+def test_unflatten_is_the_inverse_of_flatten():
+    flat = {"ml.training.learning_rate": 0.1, "ml.training.max_iterations": 5, "team.x": "y"}
+    nested = unflatten(flat)
+    assert nested == {"ml": {"training": {"learning_rate": 0.1, "max_iterations": 5}}, "team": {"x": "y"}}
+    assert dict(flatten(nested)) == flat

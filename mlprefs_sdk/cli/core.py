@@ -252,14 +252,9 @@ def cmd_export(ctx: Any) -> None:
         return
     import tomli_w
 
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    sys.stdout.write(tomli_w.dumps(nested))
+    from ..tomlfile import unflatten
+
+    sys.stdout.write(tomli_w.dumps(unflatten(flat)))
 
 
 def cmd_import(ctx: Any) -> None:

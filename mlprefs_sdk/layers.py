@@ -64,11 +64,17 @@ def file_layer(name: str, path: str, section: str | None = None) -> Layer:
     try:
         doc = read_toml(path, section=section)
     except ConfigFileError as e:
-        return Layer(name, {}, path, problems=tuple(e.problems))
+        return Layer(name, {}, path, problems=_in_layer(e.problems, name))
     if doc is None:
         return Layer(name, {}, path)
     entries = {key: Entry(value, Source(name, path, line)) for key, (value, line) in doc.values.items()}
     return Layer(name, entries, path, meta=dict(doc.meta))
+
+
+def _in_layer(problems: Iterable[Problem], layer: str) -> tuple[Problem, ...]:
+    """A parse problem names the layer whose file it is (the TOML reader does not know)."""
+    return tuple(attrs.evolve(p, source=attrs.evolve(p.source, layer=layer)) if p.source else p
+                 for p in problems)
 
 
 def policy_layers(path: str) -> tuple[Layer, Layer]:
@@ -78,7 +84,7 @@ def policy_layers(path: str) -> tuple[Layer, Layer]:
     try:
         doc = read_toml(path, meta_table="")
     except ConfigFileError as e:
-        return Layer("org", {}, path, problems=tuple(e.problems)), Layer("locked", {}, path)
+        return Layer("org", {}, path, problems=_in_layer(e.problems, "org")), Layer("locked", {}, path)
     if doc is None:
         return Layer("org", {}, path), Layer("locked", {}, path)
     out: dict[str, dict[str, Entry]] = {"defaults": {}, "locked": {}}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlprefs_sdk import Client, LockedKeyError, ValidationError
+from mlprefs_sdk import Client, ConfigFileError, LockedKeyError, ValidationError
 from mlprefs_sdk.values import LAYERS
 
 LR = "ml.training.learning_rate"
@@ -212,6 +212,15 @@ def test_a_policy_that_contradicts_a_rule_names_the_policy_file(home, policy_fil
     assert p.rule == "strict-privacy"
     assert p.source.path == str(policy_file) and p.source.line == 2
     assert p.source.layer == "locked"
+
+
+def test_a_policy_file_that_does_not_parse_names_itself(home, policy_file, project_dir):
+    policy_file.write_text("[locked\n")
+    (project_dir / "mlprefs.toml").write_text("x = = 1\n")
+    with pytest.raises(ConfigFileError) as e:
+        Client()
+    assert (e.value.path, e.value.line, e.value.column) == (str(policy_file), 1, 8)
+    assert [(p.source.layer, p.source.line) for p in e.value.problems] == [("org", 1), ("project-file", 1)]
 
 
 def test_a_locked_value_of_the_wrong_type_is_reported(home, policy_file):

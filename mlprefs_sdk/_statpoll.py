@@ -35,7 +35,7 @@ TICK_S = 0.010    # the watcher's loop period: stat loop, store poll, native ste
 QUIET_S = 0.010   # an ordinary save must have held still this long (see docs/hot-reload.md)
 GRACE_S = 0.150   # a vanished, emptied or invalid file must hold still this long
 STEP_MS = round(TICK_S * 1000)  # watchfiles' step: p50 latency is about 1.5 x step
-DEBOUNCE_MS = 50  # a stream of new files elsewhere in a directory cannot hold a batch longer
+DEBOUNCE_MS = 20  # a stream of changes elsewhere in a directory cannot hold a batch longer
 # Filesystems whose changes made on another host raise no local inotify event.
 REMOTE_FS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
@@ -141,11 +141,13 @@ class StatPoll:
 class StoreProbe:
     """Has another process committed to the store? Called every tick, so it must be cheap.
 
-    For SQLite a stat of the -wal file (every commit writes it) gates PRAGMA data_version,
-    which costs several times more on a cold cache; the pragma still runs every
-    SAFETY_TICKS, in case two commits leave the same stat behind.
+    For SQLite a stat of the -wal file gates PRAGMA data_version, which costs several times
+    more on a cold cache. A commit writes the -wal first and becomes visible only after its
+    fsync, so once the -wal moved the pragma runs on every tick for HOT_TICKS; it also runs
+    every SAFETY_TICKS regardless, in case two commits leave the same stat behind.
     """
 
+    HOT_TICKS = 10
     SAFETY_TICKS = 10
 
     def __init__(self, store: Any) -> None:
@@ -156,7 +158,7 @@ class StoreProbe:
         self._off = location == ":memory:"  # private to this connection: nobody else writes
         self._wal = location + "-wal" if isinstance(store, SQLiteStore) else None
         self._last: Any = None
-        self._ticks = 0
+        self._hot = self._ticks = 0
 
     def __call__(self) -> bool:
         if self._off:
@@ -164,9 +166,13 @@ class StoreProbe:
         if self._wal is not None:
             sig = signature(self._wal)
             self._ticks += 1
-            if sig == self._last and self._ticks < self.SAFETY_TICKS:
+            if sig != self._last:
+                self._last, self._hot = sig, self.HOT_TICKS
+            elif self._hot:
+                self._hot -= 1
+            elif self._ticks < self.SAFETY_TICKS:
                 return False
-            self._last, self._ticks = sig, 0
+            self._ticks = 0
         return self._store.changed()
 
 

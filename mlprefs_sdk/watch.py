@@ -84,6 +84,7 @@ class Watcher:
         self._source: Any = None
         self._held_locks: list[Any] = []
         self._project_file: tuple[str, str | None] | None = None
+        self._polled: list[Tracked] = []  # native mode: files stat'ed every tick (see _watch_dirs)
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -161,6 +162,9 @@ class Watcher:
             if stop.is_set():
                 return
             try:
+                if not events and self._polled:
+                    now = time.monotonic()
+                    events = sum(f.observe(now) for f in self._polled) > 0
                 if store_moved():
                     client._refresh(STORE_SLOTS, origin="a store write by another process")
                 now = time.monotonic()
@@ -272,13 +276,24 @@ class Watcher:
         return files
 
     def _watch_dirs(self) -> list[str]:
-        """Each file's directory (or its nearest existing ancestor), and its target's too."""
+        """Each file's directory (or its nearest existing ancestor), and its target's too.
+
+        The store's own directory is left out: every commit writes there, and a watched
+        directory that keeps changing holds watchfiles' batch open for a step or two, which
+        would delay the store poll. Files that live there are stat'ed every tick instead.
+        """
+        store_dir = _store_dir(self._client._store)
         dirs: dict[str, None] = {}
-        for path in self._tracked:
-            dirs[os.path.realpath(existing_ancestor(os.path.dirname(path)))] = None
-            real = os.path.dirname(os.path.realpath(path))  # a symlinked file's target
+        polled = []
+        for f in self._tracked.values():
+            mine = [os.path.realpath(existing_ancestor(os.path.dirname(f.path)))]
+            real = os.path.dirname(os.path.realpath(f.path))  # a symlinked file's target
             if os.path.isdir(real):
-                dirs[real] = None
+                mine.append(real)
+            if store_dir in mine:
+                polled.append(f)
+            dirs.update((d, None) for d in mine if d != store_dir)
+        self._polled = polled
         return sorted(dirs)
 
     def _open_source(self) -> Any:
@@ -311,6 +326,7 @@ class Watcher:
     def _fall_back(self, why: str) -> None:
         log.warning("mlprefs: %s; following files with the stat loop instead", why)
         old, self._source, self.backend = self._source, StatPoll(), "poll"
+        self._polled = []
         try:
             old.close()
         except Exception:  # the old source is being dropped anyway; say why it was odd
@@ -350,6 +366,13 @@ class Watcher:
 _live: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
 _orphans: list[Watcher] = []
 _hooks_installed = False
+
+
+def _store_dir(store: Any) -> str | None:
+    location = getattr(store, "location", "")
+    if not location or location == ":memory:" or "://" in location:
+        return None
+    return os.path.dirname(os.path.realpath(location))
 
 
 def _install_fork_hooks() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,14 @@ def test_atomic_save_is_applied_every_time(prefs, toml, changes):
 
 def test_vim_backup_save_never_detours_through_the_defaults(prefs, toml, changes):
     save_vim_backup(toml, lr_toml(0.02))
+    assert wait_for(lambda: prefs.get(LR) == 0.02)
+    assert changes.values(LR) == [0.02]
+
+
+@pytest.mark.skipif(shutil.which("vim") is None, reason="vim is not installed")
+def test_a_real_vim_save_is_applied(prefs, toml, changes):
+    subprocess.run(["vim", "-Es", "-u", "DEFAULTS", "-i", "NONE", "-c", "%s/0.01/0.02/",
+                    "-c", "wq", str(toml)], check=True, timeout=30)
     assert wait_for(lambda: prefs.get(LR) == 0.02)
     assert changes.values(LR) == [0.02]
 

@@ -106,10 +106,10 @@ def test_unset_removes_a_stored_value(home, capsys):
 def test_list_prints_every_key_under_a_prefix(home, capsys):
     code, out, _ = run(capsys, "list", "ml.training")
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
-    assert code == 0 and len(lines) == 11
+    assert code == 0 and len(lines) == 12
     assert lines["ml.training.learning_rate"] == ["=", "0.001", "[user]"]
     code, rows = run_json(capsys, "list")
-    assert len(rows) == 51
+    assert len(rows) == 52
     assert {r["key"]: r for r in rows}["ml.data.sharing_allowed"]["sensitive"] is True
 
 
@@ -215,6 +215,9 @@ def test_history_and_rollback(home, capsys):
     code, out, _ = run(capsys, "rollback", BATCH, "--to", "1")
     assert code == 0 and out == f"{BATCH} rolled back to #1; resolved value now 64\n"
     assert run(capsys, "get", BATCH)[1] == "64\n"
+    code, entry = run_json(capsys, "rollback", BATCH, "--to", "2")
+    assert code == 0 and (entry["id"], entry["old"], entry["new"]) == (4, 64, 128)
+    assert entry["reason"] == "rollback to #2"
 
 
 def test_rollback_to_an_unrelated_entry_exits_1(home, capsys):
@@ -245,7 +248,7 @@ def test_export_toml_masks_sensitive_values_and_imports_back(home, project_dir, 
     with Client() as prefs:
         prefs.unset(BATCH)
     code, out, _ = run(capsys, "--project", "churn", "import", "exported.toml", "--scope", "project")
-    assert code == 0 and out == "imported 50 value(s) from exported.toml into project scope\n"
+    assert code == 0 and out == "imported 51 value(s) from exported.toml into project scope\n"
     with Client(project="churn") as prefs:
         assert prefs.get(BATCH) == 64
         assert prefs.explain("ml.data.sharing_allowed").source.layer == "defaults"
@@ -256,6 +259,14 @@ def test_export_json(home, capsys):
     data = json.loads(out)
     assert code == 0 and data[LR] == 0.001 and data["ml.data.sharing_allowed"] == "********"
     assert run_json(capsys, "export") == (0, data)
+
+
+def test_import_json_lists_the_stored_entries(home, project_dir, capsys):
+    (project_dir / "in.toml").write_text("[ml.performance]\nbatch_size = 64\nparallel_workers = 2\n")
+    code, entries = run_json(capsys, "import", "in.toml", "--reason", "team defaults")
+    assert code == 0
+    assert [(e["key"], e["new"], e["reason"]) for e in entries] == [
+        (BATCH, 64, "team defaults"), ("ml.performance.parallel_workers", 2, "team defaults")]
 
 
 def test_import_validates_everything_before_storing_anything(home, project_dir, capsys):
@@ -281,8 +292,13 @@ def test_templates_list_show_and_apply(home, capsys):
     assert code == 0 and out.split() == ["privacy-strict", "production", "quick-experiment"]
     code, values = run_json(capsys, "templates", "show", "privacy-strict")
     assert values["ml.data.retention_days"] == 90
+    assert run_json(capsys, "templates", "list") == (0, ["privacy-strict", "production",
+                                                         "quick-experiment"])
     code, out, _ = run(capsys, "templates", "apply", "privacy-strict")
     assert code == 0 and out == "applied template privacy-strict: 7 value(s) stored\n"
+    code, entries = run_json(capsys, "--project", "churn", "templates", "apply", "production",
+                             "--scope", "project")
+    assert code == 0 and {e["scope"] for e in entries} == {"project"} and len(entries) == 9
     assert run(capsys, "get", "ml.data.retention_days")[1] == "90\n"
     code, out, err = run(capsys, "templates", "show", "nope")
     assert code == 1 and "no template named 'nope'" in err

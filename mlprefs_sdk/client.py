@@ -422,15 +422,20 @@ class Client:
         layers = [layer for slot in LAYERS for layer in slots[slot]]
         return resolve(self._catalog, layers)
 
-    def _refresh(self, slots: Iterable[str], origin: str, strict: bool = False) -> ChangeSet:
+    def _refresh(self, slots: Iterable[str], origin: str, strict: bool = False,
+                 accept: Callable[[bool], bool] | None = None) -> ChangeSet | None:
         """Re-read the named layers, resolve, and swap the view in if it is valid.
 
         A bad source never replaces the last good view: the error goes to on_error callbacks
-        (and the log) and, when strict, is raised to the caller too.
+        (and the log) and, when strict, is raised to the caller too. `accept(valid)`, asked
+        after the read, may veto it (None is returned, no one is told): the watcher drops a
+        read that raced with a write, or a bad one that may still be a save in progress.
         """
         with self._lock:
             fresh = self._read_slots(slots)
             view, problems = self._resolve(fresh)
+            if accept is not None and not accept(not problems):
+                return None
             if problems:
                 err = _error(problems)
                 log.error("mlprefs: %s rejected; keeping the last good preferences:\n%s", origin, err)

@@ -206,8 +206,9 @@ def m006_registry(db: Any) -> None:
             memory_mb REAL,
             UNIQUE (name, version))"""
     )
+    # select() ranks from this index alone; by accuracy it is a backwards index walk.
     db.execute("CREATE INDEX model_versions_rank ON model_versions "
-               "(name, status, accuracy, latency_ms, memory_mb)")
+               "(name, accuracy, status, latency_ms, memory_mb)")
     db.execute(
         """CREATE TABLE model_moves (
             id INTEGER PRIMARY KEY,
@@ -260,8 +261,16 @@ def m007_experiments(db: Any) -> None:
             assigned_at REAL NOT NULL,
             PRIMARY KEY (experiment, unit))"""
     )
-    db.execute("CREATE INDEX experiment_units_arm ON experiment_units "
-               "(experiment, arm, assigned_at)")
+    # Assignments counted per traffic-split period and arm, for the sample-ratio check: a
+    # counter updated once per batch costs far less than an index over every unit.
+    db.execute(
+        """CREATE TABLE experiment_assignments (
+            experiment TEXT NOT NULL,
+            since REAL NOT NULL,
+            arm TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (experiment, since, arm))"""
+    )
     db.execute(
         """CREATE TABLE experiment_outcomes (
             experiment TEXT NOT NULL,
@@ -270,8 +279,10 @@ def m007_experiments(db: Any) -> None:
             value REAL NOT NULL,
             at REAL NOT NULL)"""
     )
+    # Covers analyze()'s per-arm sums; ordered by time, so new rows append instead of
+    # landing on random pages (which would rewrite most of the index on every flush).
     db.execute("CREATE INDEX experiment_outcomes_arm ON experiment_outcomes "
-               "(experiment, arm, value)")
+               "(experiment, arm, at, value)")
     # Retention cleanup deletes by age; times only grow, so these indexes append cheaply.
     db.execute("CREATE INDEX experiment_units_at ON experiment_units (assigned_at)")
     db.execute("CREATE INDEX experiment_outcomes_at ON experiment_outcomes (at)")

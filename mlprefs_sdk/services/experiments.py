@@ -53,7 +53,6 @@ NO_DIFFERENCE, KEEP_RUNNING, STOPPED_EARLY = "no_difference", "keep_running", "s
 SRM_ALPHA = 0.001
 POWER = 0.8
 DAY_S = 86400.0
-_FOREVER = 1e300
 _COLUMNS = ("name, control, treatment, metric, higher_is_better, salt, traffic_split_ratio, "
             "statistical_significance, min_sample_size, experiment_duration_days, anonymized, "
             "started_at, created_at, created_by, decision, concluded_at, concluded_by")
@@ -250,7 +249,11 @@ class Experiments:
             self._require_enabled()
         live = self._live.get(name) or self._load(name)
         unit = unit_id if type(unit_id) is str else unit_text(unit_id)
-        return live.known.get(unit) or self._assign_new(live, unit)
+        arm = live.known.get(unit)
+        if arm is None:
+            arm = self._assign_new(live, unit, time.time())
+            self._buffer.added()
+        return arm
 
     def record(self, name: str, unit_id: str | int, value: Any, at: float | None = None) -> None:
         """Buffer one outcome (assigning the unit first if needed); see flush()."""
@@ -259,9 +262,12 @@ class Experiments:
         live = self._live.get(name) or self._load(name)
         unit = unit_id if type(unit_id) is str else unit_text(unit_id)
         value = _outcome(live, unit, value)
-        arm = live.known.get(unit) or self._assign_new(live, unit)
-        self._buffer.outcomes.append((live, unit, arm, value, time.time() if at is None else at))
-        self._buffer.added()
+        now = time.time()
+        when = now if at is None else _time(at)
+        arm = live.known.get(unit) or self._assign_new(live, unit, now)
+        buffer = self._buffer
+        buffer.outcomes.append((live, unit, arm, value, when))
+        buffer.added()
 
     def record_many(self, name: str, rows: Iterable[Sequence[Any]]) -> int:
         """Outcomes as (unit_id, value) or (unit_id, value, at); all checked before any is kept."""
@@ -278,7 +284,7 @@ class Experiments:
             except (InvalidUnitError, InvalidOutcomeError) as e:
                 raise type(e)(f"row {i}: {e}; nothing was recorded") from None
         for unit, value, at in checked:
-            arm = live.known.get(unit) or self._assign_new(live, unit)
+            arm = live.known.get(unit) or self._assign_new(live, unit, now)
             self._buffer.outcomes.append((live, unit, arm, value, at))
             self._buffer.added()
         return len(checked)
@@ -422,8 +428,7 @@ class Experiments:
             (name,))]
 
     def _ratio(self, live: Live) -> float:
-        if live.fixed_ratio is not None:
-            return live.fixed_ratio
+        """The live preference's ratio; a change starts a new split period (recorded)."""
         ratio = self._client.get(RATIO_KEY)
         if ratio != live.ratios[-1][1]:
             with self._store.transaction() as db:
@@ -436,10 +441,13 @@ class Experiments:
                      live.name, ratio)
         return ratio
 
-    def _assign_new(self, live: Live, unit: str) -> str:
+    def _assign_new(self, live: Live, unit: str, now: float) -> str:
+        """Assign a unit this process has not seen; the caller then calls buffer.added()."""
         if not unit:
             raise InvalidUnitError("a unit id must not be empty")
-        ratio = self._ratio(live)
+        ratio = live.fixed_ratio
+        if ratio is None:
+            ratio = self._ratio(live)
         u = live.position(unit)
         arm = None
         if live.lo <= u < live.hi:  # its arm depends on when it was first assigned: ask the store
@@ -449,8 +457,7 @@ class Experiments:
             arm = rows[0][0] if rows else None
         if arm is None:
             arm = "treatment" if u < ratio else "control"
-            self._buffer.units.append((live, unit, arm, time.time()))
-            self._buffer.added()
+            self._buffer.units.append((live, unit, arm, now, live.ratios[-1][0]))
         if len(live.known) >= KNOWN_UNITS_MAX:
             self._buffer.flush()
             live.known.clear()
@@ -458,19 +465,18 @@ class Experiments:
         return arm
 
     def _srm(self, name: str) -> tuple[dict[str, int], Any]:
-        """Units per arm, and the SRM test with one group per traffic-split period."""
-        splits = self._splits(name)
-        bounds = [0.0] + [s for s, _ in splits[1:]] + [_FOREVER]
-        groups, units = [], {"control": 0, "treatment": 0}
-        for (_, ratio), lo, hi in zip(splits, bounds, bounds[1:]):
-            counts = dict(self._store.query(
-                "SELECT arm, COUNT(*) FROM experiment_units WHERE experiment = ? AND "
-                "assigned_at >= ? AND assigned_at < ? GROUP BY arm",
-                (name, lo, hi)))
-            n_c, n_t = counts.get("control", 0), counts.get("treatment", 0)
-            units["control"] += n_c
-            units["treatment"] += n_t
-            groups.append((n_c, n_t, ratio))
+        """Units per arm, and the SRM test with one group per traffic-split period.
+
+        The counts are of assignments made, so units erased or expired later still count.
+        """
+        ratios = dict(self._splits(name))
+        counts: dict[float, dict[str, int]] = {}
+        for since, arm, n in self._store.query("SELECT since, arm, n FROM experiment_assignments "
+                                               "WHERE experiment = ?", (name,)):
+            counts.setdefault(since, {})[arm] = n
+        units = {arm: sum(c.get(arm, 0) for c in counts.values()) for arm in ("control", "treatment")}
+        groups = [(c.get("control", 0), c.get("treatment", 0), ratios[since])
+                  for since, c in sorted(counts.items())]
         return units, srm_test(groups)
 
 

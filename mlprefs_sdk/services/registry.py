@@ -251,10 +251,20 @@ class ModelRegistry:
                      "DESC, accuracy DESC, id DESC")
             order_params = [p, lo_a, (hi_a - lo_a) or 1.0, p, hi_l,
                             (hi_l - lo_l) if hi_l is not None and hi_l > lo_l else 1.0]
-        sql = (f"SELECT {_COLUMNS} FROM model_versions WHERE {' AND '.join(where)} "
-               f"ORDER BY {order}" + (" LIMIT ?" if limit is not None else ""))
-        params += order_params + ([limit] if limit is not None else [])
-        return [ModelVersion.from_row(r) for r in self._store.query(sql, params)]
+        cond = " AND ".join(where)
+        if limit is None:
+            return [ModelVersion.from_row(r) for r in self._store.query(
+                f"SELECT {_COLUMNS} FROM model_versions WHERE {cond} ORDER BY {order}",
+                params + order_params)]
+        # The best few: rank ids only (every column the ranking reads is in the index
+        # model_versions_rank, so no table row is read), then fetch those rows.
+        ids = [r[0] for r in self._store.query(
+            f"SELECT id FROM model_versions WHERE {cond} ORDER BY {order} LIMIT ?",
+            params + order_params + [limit])]
+        rows = {r[0]: r[1:] for r in self._store.query(
+            f"SELECT id, {_COLUMNS} FROM model_versions WHERE id IN ({', '.join('?' * len(ids))})",
+            ids)} if ids else {}
+        return [ModelVersion.from_row(rows[i]) for i in ids]
 
     def load(self, name: str, loader: Callable[[ModelVersion], T]) -> T:
         """loader(version) for the active version; on failure (ml.models.fallback_enabled) the

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--salt", help="assignment salt (default: the experiment name)")
     a.add_argument("--lower-is-better", action="store_true",
                    help="for a mean metric such as latency")
+    a.add_argument("--started-at", metavar="DATE",
+                   help="when the experiment began, if before now (ISO date or time, e.g. "
+                        "2026-11-02), for outcomes imported from an earlier run")
     a.set_defaults(func=cmd_create)
 
     a = esub.add_parser("assign", help="print the unit's arm: control or treatment")
@@ -69,13 +72,24 @@ def _number(text: str, where: str) -> float:
         raise InvalidOutcomeError(f"{where}: outcome {text!r} is not a number") from None
 
 
+def _date(text: str | None) -> float | None:
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"--started-at {text!r} is not an ISO date or time") from None
+
+
 def cmd_create(ctx: Any) -> None:
     a = ctx.args
     exp = ctx.client().experiments.create(
         a.name, a.control, a.treatment, metric=a.metric, traffic_split_ratio=a.ratio,
         statistical_significance=a.significance, min_sample_size=a.min_sample_size,
         experiment_duration_days=a.duration_days, salt=a.salt,
-        higher_is_better=not a.lower_is_better)
+        higher_is_better=not a.lower_is_better, started_at=_date(a.started_at))
     ctx.emit(_experiment_json(exp), f"created experiment {exp.name}: {exp.control} (control) vs "
              f"{exp.treatment} (treatment), {exp.metric}")
 

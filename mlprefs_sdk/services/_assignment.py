@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 from ..errors import MlprefsError
 
-__all__ = ["Live", "WriteBuffer", "bucket", "unit_text", "InvalidUnitError"]
+__all__ = ["Live", "WriteBuffer", "bucket", "unit_text", "InvalidUnitError", "HASH_SCALE",
+           "KNOWN_UNITS_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ FLUSH_ROWS = 200_000  # a batch: the caller that fills it writes it (~40 MB at m
 FLUSH_INTERVAL_S = 0.5  # the timer writes leftovers once no row came in for this long ...
 MAX_TICKS = 6  # ... or after this many ticks (3 s) while rows keep coming in
 KNOWN_UNITS_MAX = 500_000  # per experiment; beyond it the cache restarts (the store remembers)
-_SCALE = float(2 ** 64)
-_sha256, _from_bytes = hashlib.sha256, int.from_bytes  # bound once: position() is the hot path
+HASH_SCALE = float(2 ** 64)
 
 
 class InvalidUnitError(MlprefsError, TypeError):
@@ -66,20 +66,21 @@ def unit_text(unit_id: Any) -> str:
 def bucket(salt: str, unit: str) -> float:
     """The unit's position in [0, 1) for this salt (see the module docstring)."""
     digest = hashlib.sha256(salt.encode("utf-8") + b"\x00" + unit.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / _SCALE
+    return int.from_bytes(digest[:8], "big") / HASH_SCALE
 
 
 class Live:
     """What this process knows about one experiment: salt, ratio history, units seen."""
 
-    __slots__ = ("name", "salt", "prefix", "fixed_ratio", "ratios", "lo", "hi", "anonymized",
-                 "metric", "known")
+    __slots__ = ("name", "salt", "prefix", "fixed_ratio", "ratios", "since", "lo", "hi",
+                 "anonymized", "metric", "known")
 
     def __init__(self, name: str, salt: str, fixed_ratio: float | None,
                  ratios: list[tuple[float, float]], anonymized: bool, metric: str) -> None:
         self.name, self.salt, self.fixed_ratio = name, salt, fixed_ratio
         self.prefix = salt.encode("utf-8") + b"\x00"
         self.ratios = ratios  # [(since, ratio)], oldest first
+        self.since = ratios[-1][0]  # start of the current split period
         self.lo = min(r for _, r in ratios)
         self.hi = max(r for _, r in ratios)
         self.anonymized, self.metric = anonymized, metric
@@ -87,10 +88,8 @@ class Live:
 
     def add_ratio(self, since: float, ratio: float) -> None:
         self.ratios.append((since, ratio))
+        self.since = max(self.since, since)
         self.lo, self.hi = min(self.lo, ratio), max(self.hi, ratio)
-
-    def position(self, unit: str) -> float:
-        return _from_bytes(_sha256(self.prefix + unit.encode()).digest()[:8], "big") / _SCALE
 
 
 class WriteBuffer:

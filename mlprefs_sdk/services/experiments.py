@@ -8,6 +8,7 @@ described in _assignment.py; the statistics in stats.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import attrs
 
 from ..catalog import InvalidValue
 from ..errors import FeatureDisabledError, MlprefsError
-from ._assignment import KNOWN_UNITS_MAX, InvalidUnitError, Live, WriteBuffer, unit_text
+from ._assignment import HASH_SCALE, KNOWN_UNITS_MAX, InvalidUnitError, Live, WriteBuffer, unit_text
 from .stats import Moments, compare, srm_test
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_sha256, _from_bytes = hashlib.sha256, int.from_bytes  # bound once: assignment is a hot path
 
 AB_KEY = "ml.experiments.ab_testing_enabled"
 RATIO_KEY = "ml.experiments.traffic_split_ratio"
@@ -448,7 +451,7 @@ class Experiments:
         ratio = live.fixed_ratio
         if ratio is None:
             ratio = self._ratio(live)
-        u = live.position(unit)
+        u = _from_bytes(_sha256(live.prefix + unit.encode()).digest()[:8], "big") / HASH_SCALE
         arm = None
         if live.lo <= u < live.hi:  # its arm depends on when it was first assigned: ask the store
             # (this process's unflushed assignments are all in live.known, so no flush is needed)
@@ -457,7 +460,7 @@ class Experiments:
             arm = rows[0][0] if rows else None
         if arm is None:
             arm = "treatment" if u < ratio else "control"
-            self._buffer.units.append((live, unit, arm, now, live.ratios[-1][0]))
+            self._buffer.units.append((live, unit, arm, now, live.since))
         if len(live.known) >= KNOWN_UNITS_MAX:
             self._buffer.flush()
             live.known.clear()

@@ -250,6 +250,55 @@ def test_unit_ids_are_stored_raw_when_anonymisation_is_off(home):
             ("alice", prefs.experiments.assign("checkout", "alice"))]
 
 
+def test_turning_anonymisation_on_mid_experiment_stops_raw_ids_at_once(home):
+    with Client(overrides=ENABLE) as prefs:
+        prefs.set("ml.data.privacy_mode", "moderate")
+        prefs.set("ml.data.anonymization_enabled", False)
+        prefs.experiments.create("checkout", "old", "new")
+        prefs.experiments.record("checkout", "early-unit", 1)
+        prefs.experiments.flush()
+        prefs.experiments.record("checkout", "late-unit", 0)  # buffered while still off
+        prefs.set("ml.data.anonymization_enabled", True)
+        prefs.experiments.flush()
+        stored = {u for (u,) in prefs.store.query("SELECT unit FROM experiment_outcomes")}
+        assert stored == {"early-unit", prefs._pseudonym("late-unit")}
+
+
+AT_EXIT = """
+from mlprefs_sdk import Client
+prefs = Client(overrides={"ml.features.experiment_tracking": True,
+                          "ml.experiments.ab_testing_enabled": True})
+prefs.experiments.create("checkout", "old", "new")
+for i in range(50):
+    prefs.experiments.record("checkout", f"u{i}", i % 2)
+"""  # exits without close() or flush()
+
+
+def test_buffered_outcomes_are_written_when_the_process_exits_without_close(home):
+    subprocess.run([sys.executable, "-c", AT_EXIT], check=True, timeout=120)
+    with Client(overrides=ENABLE) as prefs:
+        assert rows(prefs, "experiment_outcomes") == 50
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_write_its_parents_buffer_again(lab):
+    lab.experiments.create("checkout", "old", "new")
+    for i in range(10):
+        lab.experiments.record("checkout", f"parent-{i}", 1)
+    pid = os.fork()
+    if pid == 0:  # the child: record its own rows, write them, leave without cleanup
+        code = 1
+        try:
+            for i in range(5):
+                lab.experiments.record("checkout", f"child-{i}", 0)
+            code = 0 if lab.experiments.flush() == 10 else 3  # 5 units + 5 outcomes
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert rows(lab, "experiment_outcomes") == 15
+
+
 def test_buffered_outcomes_survive_client_close(home):
     with Client(overrides=ENABLE) as prefs:
         prefs.experiments.create("checkout", "old", "new", metric="mean")
@@ -464,3 +513,18 @@ def test_cli_records_nothing_from_a_csv_with_a_bad_row(home, tmp_path, capsys):
 def test_cli_refuses_experiments_while_they_are_disabled(home, capsys):
     assert main(["experiments", "list"]) == 1
     assert "ab_testing_enabled" in capsys.readouterr().err
+
+
+def test_experiments_work_the_same_on_every_store_backend(store_url):
+    with Client(store=store_url, user="ana", overrides=ENABLE) as prefs:
+        prefs.models.register("churn", 1, status="active")
+        prefs.models.register("churn", 2)
+        prefs.experiments.create("churn-v2", "models:/churn/1", "models:/churn/2",
+                                 traffic_split_ratio=0.5, min_sample_size=100,
+                                 started_at=DAYS_AGO)
+        run_conversion(prefs, "churn-v2", 2000, 0.10, 0.16)
+        analysis = prefs.experiments.analyze("churn-v2")
+        assert analysis.control.units + analysis.treatment.units == 2000
+        assert analysis.control.n + analysis.treatment.n == 2000
+        assert analysis.decision == TREATMENT_WINS
+        assert prefs.experiments.conclude("churn-v2").promoted.version == "2"

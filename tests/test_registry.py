@@ -356,3 +356,16 @@ def test_cli_update_performs_due_promotions(home, capsys):
     assert main(["set", "ml.models.auto_update_policy", "scheduled"]) == 0
     assert main(["models", "update"]) == 0
     assert "churn: promoted 2 (was 1)" in capsys.readouterr().out
+
+
+def test_the_registry_works_the_same_on_every_store_backend(store_url):
+    with Client(store=store_url, user="ana",
+                overrides={"ml.models.selection_criteria": "balanced"}) as prefs:
+        register_three(prefs)
+        prefs.models.promote("churn", 3)
+        prefs.models.promote("churn", 2)
+        assert prefs.models.rollback("churn").version == "3"
+        assert prefs.models.select("churn").version == "1"
+        with prefs.override({"ml.models.selection_criteria": "memory"}):
+            assert prefs.models.select("churn").version == "1"
+        assert [m.kind for m in prefs.models.moves("churn")] == ["rollback", "promote", "promote"]

@@ -100,9 +100,11 @@ class WriteBuffer:
     timer thread only writes what is left when the caller goes quiet.
     """
 
-    def __init__(self, store: Any, pseudonym: Callable[[str], str]) -> None:
+    def __init__(self, store: Any, pseudonym: Callable[[str], str],
+                 anonymizing: Callable[[], bool]) -> None:
         self._store = store
         self._pseudonym = pseudonym
+        self._anonymizing = anonymizing  # the live preference, asked once per batch
         self.units: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
         self.outcomes: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
         self._flush_lock = threading.Lock()
@@ -167,9 +169,10 @@ class WriteBuffer:
     def _write(self, units: list[tuple], outcomes: list[tuple]) -> None:
         names: dict[str, str] = {}
         pseudonym = self._pseudonym
+        anonymizing = self._anonymizing()
 
         def stored(live: Live, unit: str) -> str:
-            if not live.anonymized:
+            if not (live.anonymized or anonymizing):
                 return unit
             p = names.get(unit)
             if p is None:
@@ -202,7 +205,9 @@ class WriteBuffer:
                                "VALUES (?, ?, ?, ?, ?)", outcome_rows)
 
     def stored_unit(self, live: Live, unit: str) -> str:
-        return self._pseudonym(unit) if live.anonymized else unit
+        """The unit id as the store holds it: its pseudonym while anonymisation is on (for
+        the experiment when it was created, or now), else the id itself."""
+        return self._pseudonym(unit) if live.anonymized or self._anonymizing() else unit
 
     def close(self) -> None:
         """Stop the timer thread and write what is left."""

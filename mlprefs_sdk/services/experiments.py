@@ -190,7 +190,7 @@ class Experiments:
         self._client = client
         self._store = client._store
         self._live: dict[str, Live] = {}
-        self._buffer = WriteBuffer(client._store, client._pseudonym)
+        self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing)
 
     # -- definition ----------------------------------------------------------------
     def create(self, name: str, control: Any, treatment: Any, metric: str = "conversion", *,
@@ -420,8 +420,7 @@ class Experiments:
         if not rows:
             raise ExperimentNotFoundError(name)
         salt, ratio, anonymized, metric = rows[0]
-        anonymized = bool(anonymized) or self._anonymizing()
-        live = Live(name, salt, ratio, self._splits(name), anonymized, metric)
+        live = Live(name, salt, ratio, self._splits(name), bool(anonymized), metric)
         self._live[name] = live
         return live
 

@@ -146,6 +146,8 @@ def bench_launchdarkly(work: Path, n: int, force_polling: bool) -> tuple[dict[st
         from ldclient import Context, LDClient
         from ldclient.config import Config
         from ldclient.integrations import Files
+        if not force_polling:
+            import watchdog  # noqa: F401  (without it auto_update polls even when not forced)
     except ImportError:
         return None
     path = work / "flags.json"

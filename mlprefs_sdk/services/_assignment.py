@@ -79,17 +79,16 @@ class Live:
                  ratios: list[tuple[float, float]], anonymized: bool, metric: str) -> None:
         self.name, self.salt, self.fixed_ratio = name, salt, fixed_ratio
         self.prefix = salt.encode("utf-8") + b"\x00"
-        self.ratios = ratios  # [(since, ratio)], oldest first
-        self.since = ratios[-1][0]  # start of the current split period
-        self.lo = min(r for _, r in ratios)
-        self.hi = max(r for _, r in ratios)
+        self.set_ratios(ratios)
         self.anonymized, self.metric = anonymized, metric
         self.known: dict[str, str] = {}
 
-    def add_ratio(self, since: float, ratio: float) -> None:
-        self.ratios.append((since, ratio))
-        self.since = max(self.since, since)
-        self.lo, self.hi = min(self.lo, ratio), max(self.hi, ratio)
+    def set_ratios(self, ratios: list[tuple[float, float]]) -> None:
+        """The split periods [(since, ratio)], oldest first, as the store holds them."""
+        self.ratios = ratios
+        self.since = ratios[-1][0]  # start of the current period
+        self.lo = min(r for _, r in ratios)
+        self.hi = max(r for _, r in ratios)
 
 
 class WriteBuffer:

@@ -138,7 +138,7 @@ class Experiments:
             self._require_enabled()
         live = self._live.get(name) or self._load(name)
         unit = unit_id if type(unit_id) is str else unit_text(unit_id)
-        value = _outcome(live, unit, value)
+        value = _outcome(live, value)
         now = time.time()
         when = now if at is None else _time(at)
         arm = live.known.get(unit) or self._assign_new(live, unit, now)
@@ -157,7 +157,7 @@ class Experiments:
             try:
                 unit = unit_text(row[0])
                 at = now if len(row) == 2 or row[2] is None else _time(row[2])
-                checked.append((unit, _outcome(live, unit, row[1]), at))
+                checked.append((unit, _outcome(live, row[1]), at))
             except (InvalidUnitError, InvalidOutcomeError) as e:
                 raise type(e)(f"row {i}: {e}; nothing was recorded") from None
         for unit, value, at in checked:
@@ -248,9 +248,13 @@ class Experiments:
         now, actor = time.time(), self._client.user
         record = Conclusion(name, decision, analysis, promoted, now, actor)
         with self._store.transaction() as db:
-            db.execute("UPDATE experiments SET decision = ?, concluded_at = ?, concluded_by = ?, "
-                       "conclusion = ? WHERE name = ?",
-                       (decision, now, actor, json.dumps(record.to_dict()), name))
+            claimed = db.execute(
+                "UPDATE experiments SET decision = ?, concluded_at = ?, concluded_by = ?, "
+                "conclusion = ? WHERE name = ? AND decision IS NULL",
+                (decision, now, actor, json.dumps(record.to_dict()), name)).rowcount
+        if not claimed:  # another process concluded it meanwhile (promoting is idempotent)
+            raise ExperimentStateError(f"experiment {name!r} was concluded by another client "
+                                       "meanwhile; see prefs.experiments.get()")
         log.info("mlprefs: experiment %s concluded by %s: %s%s", name, actor, decision,
                  f", promoted {promoted.uri}" if promoted is not None else "")
         return record
@@ -311,8 +315,7 @@ class Experiments:
                 db.execute("INSERT INTO experiment_splits (experiment, since, ratio) "
                            "VALUES (?, ?, ?) ON CONFLICT (experiment, since) DO NOTHING",
                            (live.name, time.time(), ratio))
-            for since, r in self._splits(live.name)[len(live.ratios):]:
-                live.add_ratio(since, r)
+            live.set_ratios(self._splits(live.name))
             log.info("mlprefs: experiment %s traffic split now %s (assigned units keep their arm)",
                      live.name, ratio)
         return ratio
@@ -378,15 +381,16 @@ def _decide(exp: Experiment, base: dict[str, Any], effect: float, p: float, sign
             f"({'higher' if exp.higher_is_better else 'lower'} is better)")
 
 
-def _outcome(live: Live, unit: str, value: Any) -> float:
+def _outcome(live: Live, value: Any) -> float:
+    """The outcome as a float; the message names no unit (ids stay out of logs and output)."""
     if live.metric == "conversion":
         if value in (0, 1) and (isinstance(value, (bool, int, float))):
             return float(value)
-        raise InvalidOutcomeError(f"outcome {value!r} for unit {unit!r} of experiment "
-                                  f"{live.name!r}: a conversion outcome must be 0 or 1")
+        raise InvalidOutcomeError(f"outcome {value!r} in experiment {live.name!r}: a "
+                                  "conversion outcome must be 0 or 1")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidOutcomeError(f"outcome {value!r} for unit {unit!r} of experiment "
-                                  f"{live.name!r}: a mean metric needs a finite number")
+        raise InvalidOutcomeError(f"outcome {value!r} in experiment {live.name!r}: a mean "
+                                  "metric needs a finite number")
     return float(value)
 
 

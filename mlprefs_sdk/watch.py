@@ -363,17 +363,18 @@ class Watcher:
         return [lock for lock in locks if lock is not None]
 
 
-# -- fork hooks: registered once, the first time a watcher starts ------------------------
-_live: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
-_orphans: list[Watcher] = []
-_hooks_installed = False
-
-
 def _store_dir(store: Any) -> str | None:
+    """The directory of a local store file (None for :memory: and servers)."""
     location = getattr(store, "location", "")
     if not location or location == ":memory:" or "://" in location:
         return None
     return os.path.dirname(os.path.realpath(location))
+
+
+# -- fork hooks: registered once, the first time a watcher starts ------------------------
+_live: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
+_orphans: list[Watcher] = []
+_hooks_installed = False
 
 
 def _install_fork_hooks() -> None:

@@ -24,26 +24,16 @@ import threading
 import time
 from typing import Any, Callable
 
+import _bench
+from _bench import best_of
+
 DAY = 86400.0
 QUIET = {"ml.data.auto_cleanup_enabled": False, "ml.monitoring.resource_alerts": False}
 
 
-def best_of(fn: Callable[[], Any], repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
 
 def fresh_client(root: str, name: str) -> Any:
-    from mlprefs_sdk import Client
-
-    home = os.path.join(root, name)
-    os.makedirs(home, exist_ok=True)
-    os.environ["MLPREFS_HOME"] = home
-    return Client(overrides=QUIET, discover=False, env=False)
+    return _bench.fresh_client(root, name, QUIET)
 
 
 # -- monitor.record ----------------------------------------------------------------------
@@ -209,8 +199,7 @@ def main() -> int:
     rows = 50_000 if args.quick else args.rows
     samples = 20_000 if args.quick else 200_000
     values = 100_000
-    os.environ.pop("MLPREFS_STORE", None)
-    os.environ["MLPREFS_POLICY"] = os.path.join(tempfile.gettempdir(), "mlprefs-bench-no-policy")
+    _bench.isolate()
     results: list[tuple] = []
     with tempfile.TemporaryDirectory(prefix="mlprefs-bench-") as root:
         os.chdir(root)
@@ -218,13 +207,7 @@ def main() -> int:
         results += bench_drift(values)
         results += bench_cleanup(root, rows)
         results += bench_pseudonym(root, 200_000 if not args.quick else 20_000)
-    header = ("measure", "result", "floor", "baseline (same run)", "ratio", "ok")
-    widths = [max(len(str(r[i])) for r in [header, *results]) for i in range(5)]
-    print()
-    for r in [header, *results]:
-        ok = r[5] if isinstance(r[5], str) else ("yes" if r[5] else "NO")
-        print("  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + ok)
-    return 0 if all(r[5] for r in results) else 1
+    return _bench.print_table(results)
 
 
 if __name__ == "__main__":

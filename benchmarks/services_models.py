@@ -25,17 +25,12 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import _bench
+from _bench import best_of
+
 ENABLE = {"ml.features.experiment_tracking": True, "ml.experiments.ab_testing_enabled": True,
           "ml.data.auto_cleanup_enabled": False}
 
-
-def best_of(fn: Callable[[], Any], repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def median_per_call(fn: Callable[[list[str]], Any], batches: list[list[str]]) -> float:
@@ -49,12 +44,7 @@ def median_per_call(fn: Callable[[list[str]], Any], batches: list[list[str]]) ->
 
 
 def fresh_client(root: str, name: str, **overrides: Any) -> Any:
-    from mlprefs_sdk import Client
-
-    home = os.path.join(root, name)
-    os.makedirs(home, exist_ok=True)
-    os.environ["MLPREFS_HOME"] = home
-    return Client(overrides={**ENABLE, **overrides}, discover=False, env=False)
+    return _bench.fresh_client(root, name, {**ENABLE, **overrides})
 
 
 # -- assign --------------------------------------------------------------------------------
@@ -202,8 +192,7 @@ def main() -> int:
     args, _others = parser.parse_known_args()  # bench_services.py passes one set of options
     outcomes = 100_000 if args.quick else args.outcomes
     versions = 2_000 if args.quick else 10_000
-    os.environ.pop("MLPREFS_STORE", None)
-    os.environ["MLPREFS_POLICY"] = os.path.join(tempfile.gettempdir(), "mlprefs-bench-no-policy")
+    _bench.isolate()
     results: list[tuple] = []
     with tempfile.TemporaryDirectory(prefix="mlprefs-bench-") as root:
         os.chdir(root)
@@ -215,13 +204,7 @@ def main() -> int:
         prefs.close()
         print(f"  registering {versions:,} versions ...", flush=True)
         results += bench_select(root, versions)
-    header = ("measure", "result", "floor", "baseline (same run)", "ratio", "ok")
-    widths = [max(len(str(r[i])) for r in [header, *results]) for i in range(5)]
-    print()
-    for r in [header, *results]:
-        ok = r[5] if isinstance(r[5], str) else ("yes" if r[5] else "NO")
-        print("  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + ok)
-    return 0 if all(r[5] for r in results) else 1
+    return _bench.print_table(results)
 
 
 if __name__ == "__main__":

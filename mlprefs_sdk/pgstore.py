@@ -111,7 +111,11 @@ class PostgresStore:
                                  f"create the schema first")
             self.schema = schema
             self.channel = f"mlprefs:{schema}"[:63]
-            self._lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
+            lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
+            # Two statements in one round trip each (no parameters: psycopg then allows it).
+            self._begin_locked = f"BEGIN; SELECT pg_advisory_xact_lock({lock_id})"
+            self._notify_commit = pgsql.SQL("SELECT pg_notify({}, 'commit'); COMMIT").format(
+                pgsql.Literal(self.channel))
             self._conn, self._pid = conn, os.getpid()
             self.backend_pid = conn.info.backend_pid  # our own notifications come from it
             self._migrate()
@@ -155,10 +159,10 @@ class PostgresStore:
                              f"mlprefs-sdk knows ({known}); upgrade mlprefs-sdk")
         while version < known:
             with self.transaction() as db:
-                db.raw.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version BIGINT NOT NULL)")
+                db.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version BIGINT NOT NULL)")
                 version = self._version()
-                if version == 0 and not db.raw.execute(f"SELECT 1 FROM {VERSION_TABLE}").fetchone():
-                    db.raw.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (0)")
+                if version == 0 and not db.execute(f"SELECT 1 FROM {VERSION_TABLE}").fetchone():
+                    db.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (0)")
                 if version < known:  # another process may have migrated meanwhile
                     migration = MIGRATIONS[version]
                     try:
@@ -200,17 +204,11 @@ class PostgresStore:
             try:
                 try:
                     yield db
-                    if db.wrote:  # delivered to every listener when, and only if, we commit
-                        conn.execute("SELECT pg_notify(%s, %s)", [self.channel, "commit"])
-                except psycopg.Error as e:
-                    self._rollback(conn)
-                    raise StoreError(f"{self.shown}: write failed, nothing was changed: "
-                                     f"{_say(e)}") from e
                 except BaseException:
                     self._rollback(conn)
                     raise
-                try:
-                    conn.execute("COMMIT")
+                try:  # the NOTIFY reaches every listener when, and only if, we commit
+                    conn.execute(self._notify_commit if db.wrote else "COMMIT")
                 except psycopg.Error as e:
                     raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
                                      f"connection dropped, the write may or may not be stored: "
@@ -223,8 +221,7 @@ class PostgresStore:
         for attempt in (1, 2):
             conn = self.conn
             try:
-                conn.execute("BEGIN")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+                conn.execute(self._begin_locked)  # one round trip
                 return conn
             except psycopg.OperationalError as e:
                 self._rollback(conn)

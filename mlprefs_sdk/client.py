@@ -66,6 +66,7 @@ class Client:
         self._events = Dispatcher()
         self._lock = threading.RLock()  # serialises rebuilds; get() never takes it
         self._override_stack: list[Mapping[str, Any]] = []
+        self._rank_layers: tuple[L.Layer, ...] = ()  # rank 0's values on other ranks (distributed.py)
         self._overrides = dict(overrides or {})
         self._files = tuple(os.path.abspath(os.fspath(f)) for f in files)
         self._use_env = env
@@ -389,7 +390,7 @@ class Client:
             merged: dict[str, Any] = dict(self._overrides)
             for values in self._override_stack:
                 merged.update(values)
-            return (L.mapping_layer("runtime", merged, detail="override"),)
+            return (L.mapping_layer("runtime", merged, detail="override"), *self._rank_layers)
         raise AssertionError(slot)
 
     def _template_layer(self) -> L.Layer:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sys
 import time
 from typing import Any, Callable, Mapping
 
+from .distributed import join_ranks
 from .errors import MlprefsError, StoreError
 from .runs import RunChange, load_run, save_run, write_changes
 from .values import ChangeSet
@@ -54,24 +54,11 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def _check_distributed(distributed: Any) -> None:
-    if not distributed:
-        return
-    dist = sys.modules.get("torch.distributed")  # never import torch here
-    if dist is not None and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() > 1:
-        raise MlprefsError(
-            f"training_hooks(distributed={distributed!r}) under torch.distributed with world size "
-            f"{dist.get_world_size()} is not supported by this version: ranks would apply edits at "
-            f"different steps; pass distributed=False to run each rank on its own")
-
-
 class TrainingHooks:
     """One training run: call on_train_start, on_step_end, on_epoch_end, on_train_end."""
 
     def __init__(self, client: Any, optimizer: Any = None, scheduler: Any = None, model: Any = None,
                  run_id: str | None = None, distributed: Any = False) -> None:
-        _check_distributed(distributed)
         self.client = client
         self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
         self.appliers: list[Callable[[Mapping[str, Any]], None]] = []
@@ -96,6 +83,7 @@ class TrainingHooks:
         self._staged: list[Callable[[Any], None]] = []
         self._staged_at = 0.0
         self._warned_next_run: set[str] = set()
+        self._ranks = join_ranks(self, distributed)  # None unless ranks follow rank 0
         self._resume()
 
     # -- reading preferences as of the last step boundary ---------------------------
@@ -157,6 +145,8 @@ class TrainingHooks:
         self.client.apply_pending()  # older edits are already in the view read below
         self._sub = self.client.on_change("*", self._queued.append, deliver="deferred")
         self._view = self.client._view
+        if self._ranks is not None:
+            self._ranks.train_start()  # every rank takes rank 0's values and counters
         self._pinned = {k: self._view.values[k] for k in NEXT_RUN_KEYS if k in self._view.values}
         if self._hook.mlprefs_step_end.get_hookimpls():
             self._step_hook = self._hook.mlprefs_step_end
@@ -167,7 +157,9 @@ class TrainingHooks:
     def on_step_end(self, step: int) -> None:
         """Applies pending preference changes; next to free when nothing changed."""
         self.steps += 1
-        if self._pending:
+        if self._ranks is not None:
+            self._ranks.step_end()
+        elif self._pending:
             self._deliver()
         if self._slow:
             self._slow_step(step)
@@ -175,7 +167,9 @@ class TrainingHooks:
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any] | None = None,
                      fallback_metric: str | None = None) -> None:
         """Counts one iteration; with metrics, also one early-stopping check."""
-        if self._pending:
+        if self._ranks is not None:
+            metrics = self._ranks.boundary(metrics)
+        elif self._pending:
             self._deliver()
         self.iteration += 1
         self._hook.mlprefs_epoch_end(hooks=self, epoch=epoch, metrics=metrics)
@@ -187,7 +181,9 @@ class TrainingHooks:
     def on_evaluate(self, metrics: Mapping[str, Any], fallback_metric: str | None = None,
                     step: int | None = None) -> None:
         """One early-stopping check, for frameworks that evaluate on their own schedule."""
-        if self._pending:
+        if self._ranks is not None:
+            metrics = self._ranks.boundary(metrics)  # type: ignore[assignment]
+        elif self._pending:
             self._deliver()
         self._evaluate(metrics, fallback_metric, self.checks if step is None else step)
         self._decide()
@@ -198,7 +194,7 @@ class TrainingHooks:
         if self._ended:
             return
         self._ended = True
-        if self._pending:
+        if self._pending and self._ranks is None:  # no collective: a rank may end alone
             self._deliver()
         try:
             self._hook.mlprefs_train_end(hooks=self)
@@ -211,6 +207,8 @@ class TrainingHooks:
         if self._sub is not None:
             self._sub.cancel()
             self._sub = None
+        if self._ranks is not None:
+            self._ranks.close()
 
     # -- internals ------------------------------------------------------------------
     def _slow_step(self, step: int) -> None:
@@ -225,6 +223,12 @@ class TrainingHooks:
                                     index=index)
 
     def _decide(self) -> None:
+        if self._ranks is not None:
+            self._ranks.decide(self._decide_here)  # rank 0 decides for every rank
+        else:
+            self._decide_here()
+
+    def _decide_here(self) -> None:
         reason = self._hook.mlprefs_should_stop(hooks=self)
         if reason:
             self.request_stop(str(reason))
@@ -234,12 +238,20 @@ class TrainingHooks:
 
     def _deliver(self) -> None:
         """Deliver deferred ChangeSets (the user's and ours) at this step boundary."""
+        batches = self._drain()
+        if batches:
+            self._apply(batches, self.client._view)
+
+    def _drain(self) -> list[ChangeSet]:
+        """The ChangeSets queued for this run; the user's deferred callbacks run too."""
         self.client.apply_pending()
-        if not self._queued:
-            return
         batches = self._queued[:]
         self._queued.clear()  # the subscription appends to this very list
-        self._view = self.client._view
+        return batches
+
+    def _apply(self, batches: list[ChangeSet], view: Any) -> None:
+        """Record the ChangeSets and hand them to the plugins; `view` holds the values from now."""
+        self._view = view
         now = time.time()
         records = []
         for cs in batches:

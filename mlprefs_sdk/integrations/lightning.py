@@ -65,7 +65,9 @@ class MlprefsCallback(pl.Callback):
                           if optimizers and getattr(s, "optimizer", None) is optimizers[0]), None)
         self.hooks = self.prefs.training_hooks(
             optimizer=optimizers[0] if optimizers else None, scheduler=scheduler,
-            model=pl_module, run_id=self.run_id)
+            model=pl_module, run_id=self.run_id,
+            # DDP/FSDP strategies run every rank in torch.distributed's default group
+            distributed="auto" if trainer.world_size > 1 else False)
         self.run_id = self.hooks.run_id
         self.hooks.on_train_start()
 

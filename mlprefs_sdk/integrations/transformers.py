@@ -54,7 +54,9 @@ class MlprefsCallback(TrainerCallback):
                        model: Any = None, optimizer: Any = None, lr_scheduler: Any = None,
                        **kwargs: Any) -> None:
         self.hooks = self.prefs.training_hooks(
-            optimizer=optimizer, scheduler=lr_scheduler, model=model, run_id=self.run_id)
+            optimizer=optimizer, scheduler=lr_scheduler, model=model, run_id=self.run_id,
+            # torchrun/accelerate: every process is a rank of torch.distributed's default group
+            distributed="auto" if args.world_size > 1 else False)
         self.run_id = self.hooks.run_id
         self._training, self._epoch_pending = True, None
         if optimizer is not None:

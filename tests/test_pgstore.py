@@ -12,7 +12,8 @@ from typing import Iterator
 
 import pytest
 from _watch_helpers import Recorder
-from pgtest import SERVER, Cable, fresh_store_url, require_server, run_together, terminate, wait_until
+from pgtest import (SERVER, Cable, fresh_store_url, in_schema, require_server, run_together,
+                    terminate, wait_until)
 
 from mlprefs_sdk import Client, StoreError
 from mlprefs_sdk._pgsql import plain_number, translate
@@ -104,9 +105,17 @@ def test_a_bad_statement_is_a_store_error_naming_it_without_the_password(url):
 
 
 def test_an_unreachable_server_is_a_store_error_without_the_password(home):
+    pytest.importorskip("psycopg", reason="install the extra: pip install 'mlprefs-sdk[postgres]'")
     with pytest.raises(StoreError, match=r"cannot connect to the store postgresql://mlprefs:\*\*\*@"
                                          r"127\.0\.0\.1:9/prefs"):
         Client(store="postgresql://mlprefs:s3cret@127.0.0.1:9/prefs?connect_timeout=2")
+
+
+def test_a_url_whose_schema_does_not_exist_says_to_create_it(home):
+    require_server()
+    with pytest.raises(StoreError, match="its search_path names no existing schema; create "
+                                         "the schema first"):
+        Client(store=in_schema(SERVER, "no_such_schema"))
 
 
 def test_transactions_do_not_nest(url):
@@ -168,7 +177,8 @@ def test_a_host_cut_off_keeps_answering_and_catches_up_once_reconnected(url):
 HOSTS = 3
 ROUNDS = 10
 
-# One "host": it registers every host's key, writes its own ROUNDS times in the shared project
+# One "host": it opens the store (all hosts at once, on an empty schema: they migrate it
+# together), registers every host's key, writes its own ROUNDS times in the shared project
 # scope, and watches until it sees every other host's last write; then it reports what it saw.
 HOST = """
 import json, os, sys, time

@@ -9,13 +9,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Mapping
 
-try:
-    import keras
-except ImportError as e:  # pragma: no cover - exercised by a test that hides keras
-    raise ImportError(
-        "mlprefs_sdk.integrations.keras needs Keras 3; install it with: "
-        'pip install "mlprefs-sdk[keras]"'
-    ) from e
+from ._require import require
+
+keras = require("keras", "keras", "mlprefs_sdk.integrations.keras")
 
 if TYPE_CHECKING:
     from ..client import Client

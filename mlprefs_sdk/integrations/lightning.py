@@ -10,14 +10,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Mapping
 
-try:
-    import lightning.pytorch as pl
-    from lightning.pytorch.trainer.states import TrainerFn
-except ImportError as e:  # pragma: no cover - exercised by a test that hides lightning
-    raise ImportError(
-        "mlprefs_sdk.integrations.lightning needs PyTorch Lightning; install it with: "
-        'pip install "mlprefs-sdk[lightning]"'
-    ) from e
+from ._require import require
+
+pl = require("lightning.pytorch", "lightning", "mlprefs_sdk.integrations.lightning")
+TrainerFn = require("lightning.pytorch.trainer.states", "lightning",
+                    "mlprefs_sdk.integrations.lightning").TrainerFn
 
 if TYPE_CHECKING:
     from ..client import Client

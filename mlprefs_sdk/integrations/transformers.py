@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Mapping
 
-try:
-    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-except ImportError as e:  # pragma: no cover - exercised by a test that hides transformers
-    raise ImportError(
-        "mlprefs_sdk.integrations.transformers needs Hugging Face Transformers; install it with: "
-        'pip install "mlprefs-sdk[transformers]"'
-    ) from e
+from ._require import require
+
+_hf = require("transformers", "transformers", "mlprefs_sdk.integrations.transformers")
+TrainerCallback, TrainerControl = _hf.TrainerCallback, _hf.TrainerControl
+TrainerState, TrainingArguments = _hf.TrainerState, _hf.TrainingArguments
 
 if TYPE_CHECKING:
     from ..client import Client

@@ -372,12 +372,14 @@ class Client:
                 self._defaults = (self._catalog, L.defaults_layer(self._catalog))
             return (self._defaults[1],)
         if slot == "template":
-            return (self._template_layer(),)
+            if not self.template:
+                return (L.Layer("template", {}),)
+            return (L.template_layer(self.template, self._store.saved_templates()),)
         if slot in SCOPES:
             if slot == "project" and not self.project:
                 return (L.Layer("project", {}),)
             scope_id = self._scope_id(slot)
-            return (self._store_layer(slot, scope_id, self._store.scope_values(slot, scope_id)),)
+            return (L.store_layer(slot, scope_id, self._store.scope_values(slot, scope_id)),)
         if slot == "user-file":
             return (L.file_layer("user-file", self.locations.user_file),)
         if slot == "project-file":
@@ -392,31 +394,6 @@ class Client:
                 merged.update(values)
             return (L.mapping_layer("runtime", merged, detail="override"), *self._rank_layers)
         raise AssertionError(slot)
-
-    def _template_layer(self) -> L.Layer:
-        if not self.template:
-            return L.Layer("template", {})
-        from .templates import BUILTIN_TEMPLATES
-
-        saved = self._store.saved_templates()
-        values = BUILTIN_TEMPLATES.get(self.template, saved.get(self.template))
-        if values is None:
-            known = ", ".join(sorted({*BUILTIN_TEMPLATES, *saved}))
-            problem = Problem(key="", value=self.template, source=Source("template"), rule="template",
-                              message=f"template {self.template!r} does not exist; known: {known}")
-            return L.Layer("template", {}, problems=(problem,))
-        return L.mapping_layer("template", values, detail=self.template)
-
-    @staticmethod
-    def _store_layer(scope: str, scope_id: str, rows: Mapping[str, tuple[Any, float, str]]) -> L.Layer:
-        from datetime import datetime, timezone
-
-        entries = {}
-        for key, (value, at, actor) in rows.items():
-            when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            entries[key] = L.Entry(value, Source(scope, detail=f"{scope} {scope_id!r}, "
-                                                 f"set {when} by {actor}"))
-        return L.Layer(scope, entries)
 
     def _resolve(self, replace: Mapping[str, tuple[L.Layer, ...]] | None = None) -> tuple[View, list[Problem]]:
         slots = {**self._slots, **(replace or {})}

@@ -12,7 +12,7 @@ from .catalog import Catalog, KeySpec
 from .errors import ConfigFileError
 from .values import LAYERS, Problem, Source
 
-__all__ = ["Entry", "Layer", "defaults_layer", "default_entry", "file_layer", "policy_layers",
+__all__ = ["store_layer", "template_layer", "Entry", "Layer", "defaults_layer", "default_entry", "file_layer", "policy_layers",
            "env_layer", "mapping_layer", "ENV_PREFIX"]
 
 log = logging.getLogger(__name__)
@@ -118,3 +118,27 @@ def mapping_layer(name: str, values: Mapping[str, Any] | Iterable[tuple[str, Any
                   detail: str | None = None, from_string: bool = False) -> Layer:
     items = values.items() if isinstance(values, Mapping) else values
     return Layer(name, {k: Entry(v, Source(name, detail=detail), from_string) for k, v in items})
+
+
+def store_layer(scope: str, scope_id: str, rows: Mapping[str, tuple[Any, float, str]]) -> Layer:
+    """A store scope's rows; each source says who set the value and when."""
+    from datetime import datetime, timezone
+
+    entries = {}
+    for key, (value, at, actor) in rows.items():
+        when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entries[key] = Entry(value, Source(scope, detail=f"{scope} {scope_id!r}, set {when} by {actor}"))
+    return Layer(scope, entries)
+
+
+def template_layer(name: str, saved: Mapping[str, Mapping[str, Any]]) -> Layer:
+    """A built-in or saved template; an unknown name is a problem listing the known ones."""
+    from .templates import BUILTIN_TEMPLATES
+
+    values = BUILTIN_TEMPLATES.get(name, saved.get(name))
+    if values is None:
+        known = ", ".join(sorted({*BUILTIN_TEMPLATES, *saved}))
+        problem = Problem(key="", value=name, source=Source("template"), rule="template",
+                          message=f"template {name!r} does not exist; known: {known}")
+        return Layer("template", {}, problems=(problem,))
+    return mapping_layer("template", values, detail=name)

@@ -1,4 +1,4 @@
-"""Every CLI verb is documented in the README or docs/ (a verb without documentation fails)."""
+"""Every CLI verb is documented in the README (a verb without documentation fails)."""
 
 from __future__ import annotations
 

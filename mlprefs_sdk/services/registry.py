@@ -210,7 +210,7 @@ class ModelRegistry:
 
     # -- choosing ------------------------------------------------------------------
     def select(self, name: str | None = None) -> ModelVersion:
-        """The best qualifying version by ml.models.selection_criteria (see docs/registry.md).
+        """The best qualifying version by ml.models.selection_criteria (see the README).
 
         Qualifying: not deprecated, accuracy >= ml.performance.accuracy_threshold, and the
         metric the criterion ranks by is present. Ties go to the most recently registered.

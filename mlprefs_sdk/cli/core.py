@@ -312,7 +312,14 @@ def cmd_doctor(ctx: Any) -> int:
     locked = client._view.locked
     unpinned = sorted(k for k in client.snapshot()
                       if client.spec(k).access != "user" and k not in locked)
-    backend = os.environ.get("MLPREFS_WATCH", "native") or "native"
+    from .._statpoll import remote_filesystem
+    from ..watch import choose_backend
+
+    backend = choose_backend()
+    dirs = sorted({os.path.dirname(p) for p in client.watched_paths()})
+    remote = remote_filesystem([d for d in dirs if os.path.isdir(d)])
+    if backend == "native" and remote is not None:
+        backend = f"poll (stat loop: {remote[0]} is on {remote[1]})"
     data = {
         "paths": {"store": health.get("location", loc.store), "user_file": loc.user_file,
                   "policy": loc.policy,

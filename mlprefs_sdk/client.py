@@ -495,7 +495,8 @@ class Client:
 
     def __repr__(self) -> str:
         return (f"<mlprefs Client user={self.user!r} project={self.project!r} "
-                f"store={self.locations.store!r} keys={len(self._values)}>")
+                f"store={getattr(self._store, 'shown', self.locations.store)!r} "  # no password
+                f"keys={len(self._values)}>")
 
     # -- attached features --------------------------------------------------------
     @property

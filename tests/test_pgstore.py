@@ -104,6 +104,14 @@ def test_a_bad_statement_is_a_store_error_naming_it_without_the_password(url):
     assert not password or password not in message
 
 
+def test_a_client_shows_its_store_url_without_the_password(url):
+    with Client(store=url) as prefs:
+        shown = repr(prefs)
+    assert "store='postgresql://" in shown
+    password = __import__("psycopg").conninfo.conninfo_to_dict(SERVER).get("password")
+    assert not password or password not in shown
+
+
 def test_an_unreachable_server_is_a_store_error_without_the_password(home):
     pytest.importorskip("psycopg", reason="install the extra: pip install 'mlprefs-sdk[postgres]'")
     with pytest.raises(StoreError, match=r"cannot connect to the store postgresql://mlprefs:\*\*\*@"

@@ -3,8 +3,8 @@
 # and nothing else; progress goes to stderr). Idempotent and quick when a server already runs.
 #
 #   1. $MLPREFS_TEST_PG, when it is set and answers;
-#   2. the machine's server on localhost:5432, when one runs (as root: a test role and
-#      database are created in it through the postgres user's local socket);
+#   2. the machine's server on localhost:5432 ($MLPREFS_PG_MACHINE_PORT), when one runs (as
+#      root: a test role and database are created in it through the postgres user's socket);
 #   3. otherwise a private server from Debian's postgresql package (installed first when
 #      missing and we are root) in $MLPREFS_PG_DIR (default /tmp/mlprefs-pg), listening on
 #      localhost only, password auth, run as the postgres user when we are root.
@@ -12,6 +12,7 @@ set -euo pipefail
 
 DIR="${MLPREFS_PG_DIR:-/tmp/mlprefs-pg}"
 PORT="${MLPREFS_PG_PORT:-54329}"
+MACHINE_PORT="${MLPREFS_PG_MACHINE_PORT:-5432}"
 DB=mlprefs_test
 ROLE=mlprefs_test
 
@@ -50,7 +51,7 @@ exec 9>"$DIR.lock"
 flock 9   # two CI jobs at once must not initialise the same directory
 
 # 2. the machine's server
-if "$BIN/pg_isready" -q -h localhost -p 5432 && [ "$(id -u)" = 0 ]; then
+if "$BIN/pg_isready" -q -h localhost -p "$MACHINE_PORT" && [ "$(id -u)" = 0 ]; then
   PWFILE="$DIR.machine-password"
   [ -s "$PWFILE" ] || (umask 077 && new_password >"$PWFILE")
   PW="$(cat "$PWFILE")"
@@ -58,19 +59,19 @@ if "$BIN/pg_isready" -q -h localhost -p 5432 && [ "$(id -u)" = 0 ]; then
          IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
            CREATE ROLE $ROLE LOGIN PASSWORD '$PW';
          ELSE ALTER ROLE $ROLE LOGIN PASSWORD '$PW'; END IF; END \$\$;"
-  if runuser -u postgres -- psql -qtAX -p 5432 -d postgres -c "$SQL" >/dev/null 2>&1; then
-    if [ -z "$(runuser -u postgres -- psql -qtAX -p 5432 -d postgres \
+  if runuser -u postgres -- psql -qtAX -p "$MACHINE_PORT" -d postgres -c "$SQL" >/dev/null 2>&1; then
+    if [ -z "$(runuser -u postgres -- psql -qtAX -p "$MACHINE_PORT" -d postgres \
                -c "SELECT 1 FROM pg_database WHERE datname = '$DB'")" ]; then
-      runuser -u postgres -- createdb -p 5432 -O "$ROLE" "$DB"
+      runuser -u postgres -- createdb -p "$MACHINE_PORT" -O "$ROLE" "$DB"
     fi
-    URL="postgresql://$ROLE:$PW@localhost:5432/$DB"
+    URL="postgresql://$ROLE:$PW@localhost:$MACHINE_PORT/$DB"
     if answers "$URL"; then
-      log "using the machine's server on localhost:5432"
+      log "using the machine's server on localhost:$MACHINE_PORT"
       echo "$URL"
       exit 0
     fi
   fi
-  log "a server runs on localhost:5432 but it refused a test role; starting a private one"
+  log "a server runs on localhost:$MACHINE_PORT but it refused a test role; starting a private one"
 fi
 
 # 3. a private server

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlprefs_sdk import Client, StoreError, ValidationError
+from mlprefs_sdk import Client, StoreError
 from mlprefs_sdk._migrations import MIGRATIONS
 from mlprefs_sdk.store import SQLiteStore
 
@@ -159,34 +159,8 @@ def test_a_home_below_a_file_is_a_store_error(home, monkeypatch, tmp_path):
         Client()
 
 
-def test_preference_and_history_rows_change_together_or_not_at_all(tmp_path):
-    store = SQLiteStore(str(tmp_path / "s.db"))
-    try:
-        def veto():
-            assert store.scope_values("user", "alice")[BATCH][0] == 64  # sees the pending row
-            raise ValidationError([])
-
-        with pytest.raises(ValidationError):
-            store.write("user", "alice", [(BATCH, 64)], "alice", check=veto)
-        assert store.scope_values("user", "alice") == {}
-        assert store.history() == []
-        (entry,) = store.write("user", "alice", [(BATCH, 64)], "alice", run_id="r1", step=3)
-        assert store.query("SELECT run_id, step FROM history WHERE id = ?", (entry.id,)) == [("r1", 3)]
-    finally:
-        store.close()
 
 
-def test_a_write_is_validated_against_what_other_processes_committed(home):
-    """Two clients with stale views cannot together store a pair that breaks a rule."""
-    with Client(user="alice") as a, Client(user="alice") as b:
-        a.set("ml.performance.memory_limit_mb", 4096)
-        a.set("ml.performance.parallel_workers", 16)  # needs 4096 MB: fine
-        with pytest.raises(ValidationError) as e:
-            b.set("ml.performance.memory_limit_mb", 1024)  # b still believes workers = 4
-        assert e.value.problems[0].rule == "memory-per-worker"
-        assert b.get("ml.performance.parallel_workers") == 4
-    with Client(user="alice") as fresh:
-        assert fresh.get("ml.performance.memory_limit_mb") == 4096
 
 
 def test_a_successful_write_also_brings_in_other_processes_changes(home):
@@ -196,37 +170,8 @@ def test_a_successful_write_also_brings_in_other_processes_changes(home):
         assert b.get("ml.training.max_iterations") == 50
 
 
-def test_changed_reports_another_connections_commit_once(tmp_path):
-    path = str(tmp_path / "s.db")
-    watcher, writer = SQLiteStore(path), SQLiteStore(path)
-    try:
-        assert watcher.changed() is False
-        writer.write("user", "alice", [(BATCH, 64)], "alice")
-        assert watcher.changed() is True
-        assert watcher.changed() is False
-        watcher.write("user", "alice", [(BATCH, 128)], "alice")
-        assert watcher.changed() is False  # its own write is not news
-    finally:
-        watcher.close()
-        writer.close()
 
 
-def test_a_forked_child_opens_its_own_connection(home):
-    with Client(user="alice") as prefs:
-        prefs.set(BATCH, 64)
-        pid = os.fork()
-        if pid == 0:  # the child: write through the inherited client, then leave at once
-            code = 1
-            try:
-                prefs.set(BATCH, 256)
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        prefs.reload()
-        assert prefs.get(BATCH) == 256
-        assert prefs.store.query("PRAGMA integrity_check") == [("ok",)]
 
 
 def test_an_in_memory_store_is_private_to_its_client(home):
@@ -234,11 +179,3 @@ def test_an_in_memory_store_is_private_to_its_client(home):
         a.set(BATCH, 64)
         assert b.get(BATCH) == 32
     assert not (home / "prefs.db").exists()
-
-
-def test_saved_templates_live_in_the_store(home):
-    with Client() as prefs:
-        prefs.templates.save("mine", {BATCH: 16})
-        prefs.templates.save("mine", {BATCH: 8})
-    with Client() as prefs:
-        assert prefs.templates.show("mine") == {BATCH: 8}

@@ -225,7 +225,7 @@ def _edit(config: Path, key: str, value: Any, why: str, prefs: Client,
     progress.say(f"demo edits {config.name}: {name} = {value}  ({why})")
     _write(config, text)
     if not _wait_for(lambda: prefs.get(key) == value, timeout=10.0):
-        progress.say(f"  (the watcher has not seen the edit yet; it will land when it does)")
+        progress.say("  (the watcher has not seen the edit yet; it will land when it does)")
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:

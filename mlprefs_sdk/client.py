@@ -157,8 +157,6 @@ class Client:
 
     def load(self, cls: type[T], prefix: str) -> T:
         """Structure the user's attrs class from the keys below prefix (its fields only)."""
-        import attrs
-
         from ._convert import structure
 
         values = self._view.values

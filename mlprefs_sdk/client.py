@@ -223,8 +223,7 @@ class Client:
             if key not in self._catalog:
                 raise UnknownKeyError(key, self._catalog.suggest(key))
 
-    def _write(self, scope: str, changes: list[tuple[str, Any]], reason: str | None,
-               run_id: str | None = None, step: int | None = None) -> list[HistoryEntry]:
+    def _write(self, scope: str, changes: list[tuple[str, Any]], reason: str | None) -> list[HistoryEntry]:
         """Write to a store scope; the result is validated inside the write transaction.
 
         Both store scopes are re-read under the store's write lock, so the cross-key rules see
@@ -243,8 +242,7 @@ class Client:
                     raise _error(problems)
                 checked["slots"], checked["view"] = fresh, view
 
-            entries = self._store.write(scope, scope_id, changes, self.user, reason, run_id,
-                                        step, check=check)
+            entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
             self._slots.update(checked["slots"])
             self._swap(checked["view"])
         return entries

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import hashlib
 import logging
 import os
 import threading
@@ -36,7 +35,7 @@ from typing import Any, Callable
 
 from ..errors import MlprefsError
 
-__all__ = ["Live", "WriteBuffer", "bucket", "unit_text", "InvalidUnitError", "HASH_SCALE",
+__all__ = ["Live", "WriteBuffer", "unit_text", "InvalidUnitError", "HASH_SCALE",
            "KNOWN_UNITS_MAX"]
 
 log = logging.getLogger(__name__)
@@ -61,12 +60,6 @@ def unit_text(unit_id: Any) -> str:
         raise InvalidUnitError("a unit id must not be empty")
     raise InvalidUnitError(f"a unit id must be a str or an int, got {type(unit_id).__name__} "
                            f"{unit_id!r}")
-
-
-def bucket(salt: str, unit: str) -> float:
-    """The unit's position in [0, 1) for this salt (see the module docstring)."""
-    digest = hashlib.sha256(salt.encode("utf-8") + b"\x00" + unit.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / HASH_SCALE
 
 
 class Live:

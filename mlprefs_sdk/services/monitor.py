@@ -231,7 +231,8 @@ class Monitor:
                         get("ml.monitoring.drift_threshold"), get("ml.monitoring.drift_p_value"))
         if model is not None:
             if version is None:
-                raise ValueError("monitor.drift: model given without version")
+                raise ValueError(f"monitor.drift: model {model!r} given without version; pass "
+                                 "version= too, or neither to skip storing the result")
             with self._store.transaction() as db:
                 db.execute("INSERT INTO drift_results (model, version, method, score, p_value, "
                            "drifted, at) VALUES (?, ?, ?, ?, ?, ?, ?)",

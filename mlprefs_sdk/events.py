@@ -79,9 +79,6 @@ class Dispatcher:
         for cb in self._listeners.get(kind, ()):
             _call(cb, payload, kind)
 
-    def has_deferred(self) -> bool:
-        return bool(self._pending)
-
     def emit(self, changes: ChangeSet) -> None:
         if not changes:
             return

@@ -23,10 +23,6 @@ __all__ = ["main", "Context"]
 log = logging.getLogger("mlprefs_sdk.cli")
 
 
-class UsageError(MlprefsError, ValueError):
-    """The command line asks for something that cannot be done."""
-
-
 class Context:
     """What a verb gets: parsed args, a lazily built Client, and one way to print."""
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Ty
 import attrs
 
 from . import layers as L
+from ._log import ensure_visible
 from .catalog import Catalog, InvalidValue, KeySpec
 from .errors import ConfigFileError, LockedKeyError, MlprefsError, UnknownKeyError, ValidationError
 from .events import Dispatcher, Subscription
@@ -60,6 +61,7 @@ class Client:
         env: bool = True,
         watch: bool = False,
     ) -> None:
+        ensure_visible()  # a run's changes and stops show without logging set-up (_log.py)
         self.locations: Locations = locate(store)
         self.user = user or _login()
         self._catalog = _packaged_catalog().copy()

@@ -71,7 +71,7 @@ class MlprefsCallback(keras.callbacks.Callback):
             hooks.on_epoch_end(epoch, metrics)
         if hooks.should_stop and not self.model.stop_training:
             self.model.stop_training = True
-            log.info("mlprefs: stopping Keras training: %s", hooks.stop_reason)
+            log.debug("mlprefs: stopping Keras training: %s", hooks.stop_reason)
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         if self.hooks is not None:

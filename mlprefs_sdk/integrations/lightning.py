@@ -95,7 +95,7 @@ class MlprefsCallback(pl.Callback):
         stop = trainer.strategy.reduce_boolean_decision(self.hooks.should_stop, all=False)  # type: ignore[union-attr]
         if stop and not trainer.should_stop:
             trainer.should_stop = True
-            log.info("mlprefs: stopping Lightning training: %s", self.stop_reason)
+            log.debug("mlprefs: stopping Lightning training: %s", self.stop_reason)
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -113,7 +113,7 @@ class MlprefsCallback(TrainerCallback):
     def _stop_if_asked(self, control: TrainerControl) -> None:
         if self.hooks.should_stop and not control.should_training_stop:  # type: ignore[union-attr]
             control.should_training_stop = True
-            log.info("mlprefs: stopping Transformers training: %s", self.stop_reason)
+            log.debug("mlprefs: stopping Transformers training: %s", self.stop_reason)
 
 
 def _mark_decay_groups(groups: list[dict[str, Any]]) -> None:

@@ -34,7 +34,7 @@ class _FallbackHandler(logging.StreamHandler):
         super().__init__()  # stream resolved at emit time: sys.stderr may be replaced later
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: D102 - StreamHandler's attribute, kept current
+    def stream(self):  # StreamHandler's attribute, read live
         return sys.stderr
 
     @stream.setter

@@ -47,7 +47,7 @@ def run(tmp_path, *args, **env):
     environ.update(env)
     project = tmp_path / "project"
     project.mkdir()
-    result = subprocess.run([sys.executable, str(script), *args], cwd=project, env=environ,
+    result = subprocess.run([sys.executable, str(script), *args], check=False, cwd=project, env=environ,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stderr

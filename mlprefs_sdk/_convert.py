@@ -1,14 +1,18 @@
-"""The one cattrs converter, built here and used at the boundary (user attrs classes)."""
+"""The one cattrs converter, built here and used at the boundary (user attrs classes and
+dataclasses)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Mapping, TypeVar
+
+import attrs
 
 from .errors import ValidationError
 from .values import Problem, Source, format_value
 
-__all__ = ["converter", "structure"]
+__all__ = ["converter", "fields", "structure"]
 
 T = TypeVar("T")
 
@@ -19,6 +23,17 @@ def converter() -> Any:
     import cattrs
 
     return cattrs.Converter(forbid_extra_keys=True)
+
+
+def fields(cls: type) -> list[tuple[str, bool]]:
+    """(name, required) for each field of an attrs class or a dataclass; TypeError otherwise."""
+    if attrs.has(cls):
+        return [(f.name, f.default is attrs.NOTHING) for f in attrs.fields(cls) if f.init]
+    if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+        return [(f.name, f.default is dataclasses.MISSING
+                 and f.default_factory is dataclasses.MISSING)
+                for f in dataclasses.fields(cls) if f.init]
+    raise TypeError(f"load() needs an attrs class or a dataclass, not {cls!r}")
 
 
 def structure(data: Mapping[str, Any], cls: type[T], prefix: str) -> T:

@@ -158,16 +158,16 @@ class Client:
         return obj
 
     def load(self, cls: type[T], prefix: str) -> T:
-        """Structure the user's attrs class from the keys below prefix (its fields only)."""
-        from ._convert import structure
+        """Structure the user's attrs class or dataclass from the keys below prefix (its fields only)."""
+        from ._convert import fields, structure
 
         values = self._view.values
         data = {}
-        for field in attrs.fields(cls):
-            key = f"{prefix}.{field.name}"
+        for name, required in fields(cls):
+            key = f"{prefix}.{name}"
             if key in values:
-                data[field.name] = values[key]
-            elif field.default is attrs.NOTHING:
+                data[name] = values[key]
+            elif required:
                 raise UnknownKeyError(key, self._catalog.suggest(key))
         return structure(data, cls, prefix)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import attrs
 
-__all__ = ["Source", "LayerValue", "Explanation", "Change", "ChangeSet", "HistoryEntry", "Problem"]
+__all__ = ["Source", "LayerValue", "Explanation", "Change", "ChangeSet", "HistoryEntry", "Problem",
+           "explain_text"]
 
 UNSET: Any = object()  # marks a removal in Store.write (store.UNSET is this object)
 
@@ -64,26 +66,54 @@ class Source:
 
 @attrs.frozen
 class LayerValue:
+    """What one layer sets a key to, and where it says so."""
+
     layer: str
     value: Any
     source: Source
 
+    def __str__(self) -> str:
+        return f"{self.layer} {format_value(self.value)} ({self.source})"
+
 
 @attrs.frozen
 class Explanation:
+    """A key's value, the source that won, and every layer that sets it (lowest first)."""
+
     key: str
     value: Any
     source: Source
     chain: tuple[LayerValue, ...]
     locked: bool
 
+    def __str__(self) -> str:
+        return explain_text(self)
+
+
+def explain_text(ex: Explanation, details: Iterable[tuple[str, str]] = ()) -> str:
+    """The readable chain: `str(Explanation)`, and `mlprefs explain` with the key's rule added."""
+    lines = [f"{ex.key} = {format_value(ex.value)}" + ("  (locked)" if ex.locked else ""),
+             f"  from    {ex.source}"]
+    lines += [f"  {label:<7} {text}" for label, text in details]
+    lines.append("  layers (lowest first):")
+    for lv in ex.chain:
+        win = "*" if lv.source == ex.source else " "
+        lines.append(f"   {win} {lv.layer:<13} {format_value(lv.value):<12} {lv.source}")
+    return "\n".join(lines)
+
 
 @attrs.frozen
 class Change:
+    """One key one edit changed: old and new value, and the source of the new one."""
+
     key: str
     old: Any
     new: Any
     source: Source
+
+    def __str__(self) -> str:
+        old = "(unset)" if self.old is None else format_value(self.old)
+        return f"{self.key} {old} -> {format_value(self.new)} ({self.source})"
 
 
 @attrs.frozen
@@ -91,6 +121,9 @@ class ChangeSet:
     """Every key one edit changed, delivered together."""
 
     changes: tuple[Change, ...]
+
+    def __str__(self) -> str:
+        return "; ".join(map(str, self.changes)) if self.changes else "no changes"
 
     def __iter__(self):
         return iter(self.changes)
@@ -114,6 +147,8 @@ class ChangeSet:
 
 @attrs.frozen
 class HistoryEntry:
+    """One stored write, as `history()` returns it and `mlprefs history` prints it."""
+
     id: int
     scope: str
     key: str
@@ -123,6 +158,14 @@ class HistoryEntry:
     actor: str
     reason: str | None
     scope_id: str | None = None
+
+    def __str__(self) -> str:
+        when = dt.datetime.fromtimestamp(self.at).strftime("%Y-%m-%d %H:%M:%S")
+        old = "(unset)" if self.old is None else format_value(self.old)
+        new = "(unset)" if self.new is None else format_value(self.new)
+        why = f"  # {self.reason}" if self.reason else ""
+        return (f"#{self.id:<5} {when}  {self.scope}:{self.scope_id}  {self.key}  {old} -> {new}"
+                f"  by {self.actor}{why}")
 
 
 @attrs.frozen

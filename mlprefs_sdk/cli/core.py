@@ -9,7 +9,7 @@ import platform
 import sys
 from typing import Any
 
-from ..values import format_value
+from ..values import explain_text, format_value
 
 __all__ = ["register"]
 
@@ -93,13 +93,7 @@ def _entry_json(e: Any) -> dict[str, Any]:
 
 
 def _entry_text(e: Any) -> str:
-    import datetime as dt
-
-    when = dt.datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S")
-    old = "(unset)" if e.old is None else format_value(e.old)
-    new = "(unset)" if e.new is None else format_value(e.new)
-    why = f"  # {e.reason}" if e.reason else ""
-    return f"#{e.id:<5} {when}  {e.scope}:{e.scope_id}  {e.key}  {old} -> {new}  by {e.actor}{why}"
+    return str(e)  # HistoryEntry.__str__ (values.py)
 
 
 def cmd_get(ctx: Any) -> None:
@@ -181,15 +175,9 @@ def cmd_explain(ctx: Any) -> None:
             rule.append(f"{spec.min if spec.min is not None else ''}..{spec.max if spec.max is not None else ''}")
         if spec.choices:
             rule.append("one of " + ", ".join(map(str, spec.choices)))
-        lines = [f"{ex.key} = {format_value(ex.value)}" + ("  (locked)" if ex.locked else ""),
-                 f"  from    {ex.source}",
-                 f"  type    {spec.type_name}{' ' + '; '.join(rule) if rule else ''}",
-                 f"  access  {spec.access}{', sensitive' if spec.sensitive else ''}",
-                 f"  about   {spec.description}", "  layers (lowest first):"]
-        for lv in ex.chain:
-            win = "*" if lv.source == ex.source else " "
-            lines.append(f"   {win} {lv.layer:<13} {format_value(lv.value):<12} {lv.source}")
-        return "\n".join(lines)
+        return explain_text(ex, [("type", f"{spec.type_name}{' ' + '; '.join(rule) if rule else ''}"),
+                                 ("access", f"{spec.access}{', sensitive' if spec.sensitive else ''}"),
+                                 ("about", spec.description)])
 
     ctx.emit(data, text)
 

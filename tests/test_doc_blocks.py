@@ -107,6 +107,7 @@ def test_every_python_block_of_the_page_runs(page: Path, tmp_path: Path,
     monkeypatch.setenv("MLPREFS_POLICY", str(tmp_path / "policy.toml"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))  # as for a script run there: its modules import
     saved_env = dict(os.environ)  # a block may set variables (as the docs show): undone after
     monkeypatch.setattr(sys, "argv", [page.name])
 

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,12 @@ def test_every_python_block_of_the_page_runs(page: Path, tmp_path: Path,
                 continue
             code = "\n" * (block.line - 1) + block.code  # tracebacks show the page's own lines
             try:
-                exec(compile(code, block.page, "exec"), namespace)
+                with warnings.catch_warnings():
+                    # A reader's script sees the frameworks' own deprecation chatter as
+                    # warnings, not errors; mlprefs' own warnings stay errors here.
+                    warnings.simplefilter("default")
+                    warnings.filterwarnings("error", module=r"mlprefs_sdk(\.|$)")
+                    exec(compile(code, block.page, "exec"), namespace)
             except Exception as e:
                 e.add_note(f"in the ```python block at {block.page}:{block.line}")
                 raise

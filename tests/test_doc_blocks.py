@@ -15,6 +15,7 @@ and the line of the page (the code is compiled under the page's path, at its own
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -92,6 +93,18 @@ def _close_clients(namespace: dict) -> None:
             value.close()
 
 
+def _logging_state() -> list[tuple[logging.Logger, int, list[logging.Handler], bool]]:
+    loggers = [logging.getLogger(), logging.getLogger("mlprefs_sdk")]
+    return [(lg, lg.level, list(lg.handlers), lg.propagate) for lg in loggers]
+
+
+def _restore_logging(state: list[tuple[logging.Logger, int, list[logging.Handler], bool]]) -> None:
+    for logger, level, handlers, propagate in state:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
 PAGES = pages()
 
 
@@ -110,6 +123,7 @@ def test_every_python_block_of_the_page_runs(page: Path, tmp_path: Path,
     monkeypatch.chdir(project)
     monkeypatch.syspath_prepend(str(project))  # as for a script run there: its modules import
     saved_env = dict(os.environ)  # a block may set variables (as the docs show): undone after
+    saved_logging = _logging_state()  # ... or configure logging: undone after, too
     monkeypatch.setattr(sys, "argv", [page.name])
 
     module = types.ModuleType("doc_page")  # a real module: dataclasses and pickling look it up
@@ -147,6 +161,7 @@ def test_every_python_block_of_the_page_runs(page: Path, tmp_path: Path,
         _close_clients(namespace)
         os.environ.clear()
         os.environ.update(saved_env)
+        _restore_logging(saved_logging)
     if skipped and not ran:
         pytest.skip("; ".join(skipped))
 

@@ -1,16 +1,14 @@
-"""Live preferences in a PyTorch Lightning run: python examples/lightning_example.py
+"""Live preferences in a PyTorch Lightning run: python examples/lightning_example.py [--manual | --fast]
 
 Edit learning_rate or early_stopping_patience in ./mlprefs.toml while it runs: the change
-reaches the optimizer at the next step (the Client watches the file).
+reaches the optimizer at the next step (the Client watches the file). --manual paces it at
+one epoch a second.
 """
-
-import logging
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from _example import client, options, prefs_file
 
-from mlprefs_sdk import Client
 from mlprefs_sdk.integrations.lightning import MlprefsCallback
 
 
@@ -31,24 +29,22 @@ class Regression(pl.LightningModule):
         return torch.optim.AdamW(self.parameters())  # lr and weight_decay come from the preferences
 
 
-def loader(seed: int) -> torch.utils.data.DataLoader:
-    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(seed))
-    y = x @ torch.linspace(-1, 1, 8).unsqueeze(1) + 0.1 * torch.randn(256, 1)
+def loader(n: int, seed: int) -> torch.utils.data.DataLoader:
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+    y = x @ torch.linspace(-1, 1, 8).unsqueeze(1) + 0.1 * torch.randn(n, 1)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prefs_file = Path("mlprefs.toml")
-    if not prefs_file.exists():  # the Client reads the file it finds at start
-        prefs_file.write_text("[ml.training]\nlearning_rate = 0.01\nearly_stopping_patience = 5\n")
-    print(f"edit {prefs_file.resolve()} while this runs")
-    with Client(watch=True) as prefs:
+    args = options(__doc__)
+    prefs_file(args, learning_rate=0.01)
+    n = 64 if args.fast else 256
+    with client(args) as prefs:
         callback = MlprefsCallback(prefs)
-        trainer = pl.Trainer(max_epochs=200, callbacks=[callback], logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False)
-        trainer.fit(Regression(), loader(0), loader(1))
-        print(f"stopped after {trainer.current_epoch} epochs: {callback.stop_reason}")
+        trainer = pl.Trainer(max_epochs=10_000, callbacks=[callback], logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, log_every_n_steps=1)
+        trainer.fit(Regression(), loader(n, 0), loader(n // 4, 1))  # Ctrl-C: Lightning stops cleanly
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ import attrs
 
 from .client import Client
 from .integrations._require import require
+from .runs import run_changes
 
 np = require("numpy", "demo", "mlprefs demo")
 
-__all__ = ["run_demo", "DemoResult"]
+__all__ = ["run_demo", "DemoResult", "draw_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,62 @@ def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def draw_curve(curves: dict[str, list[tuple[int, float]]], changes: list[Any],
+               best_epoch: int | None, stopped_at: int, reason: str) -> Any:
+    """The demo's figure: epochs numbered as the console numbers them (1, 2, ...), losses on
+    the left axis and accuracy on the right, each applied change a dashed line labelled above
+    the plot, the best epoch and the stop marked, the legend below the axes: nothing is
+    written over a curve."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError('plotting needs matplotlib: pip install "mlprefs-sdk[plot]"') from None
+    fig = Figure(figsize=(9, 5.4), dpi=100)
+    FigureCanvasAgg(fig)  # no pyplot: no global state, no display needed
+    fig.subplots_adjust(top=0.82, bottom=0.25, left=0.08, right=0.9)
+    loss_ax = fig.add_subplot()
+    acc_ax = loss_ax.twinx()
+    colors = {"train_loss": "tab:blue", "val_loss": "tab:green", "val_acc": "tab:orange"}
+    for metric, points in sorted(curves.items()):
+        ax = acc_ax if "acc" in metric else loss_ax
+        ax.plot([e + 1 for e, _ in points], [v for _, v in points], marker=".",  # console: 1-based
+                color=colors.get(metric), label=metric.replace("_", " "))
+    val = dict(curves.get("val_loss", []))
+    if best_epoch is not None and best_epoch - 1 in val:
+        loss_ax.plot([best_epoch], [val[best_epoch - 1]], marker="*", markersize=16,
+                     color="gold", markeredgecolor="black", linestyle="none",
+                     label=f"best: epoch {best_epoch}, val loss {val[best_epoch - 1]:.4f}")
+    loss_ax.axvline(stopped_at, color="tab:red", linestyle=":", linewidth=2,
+                    label=f"stopped after epoch {stopped_at}: {_short(reason)}")
+    # A change applied during epoch i (1-based) lands between epochs i-1 and i.
+    last_x = None
+    for i, change in enumerate(changes):
+        x = change.iteration + 0.5
+        loss_ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        lift = 0.11 if last_x is not None and x - last_x < stopped_at / 4 and i % 2 else 0.02
+        last_x = x
+        loss_ax.annotate(f"{change.key.rsplit('.', 1)[-1]} {change.old} → {change.new}",
+                         xy=(x, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(x, 1.0 + lift), textcoords=("data", "axes fraction"),
+                         fontsize=8, ha="center", va="bottom", color="dimgrey",
+                         arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.8})
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss (binary cross-entropy)")
+    acc_ax.set_ylabel("validation accuracy")
+    acc_ax.set_ylim(0, 1.05)
+    loss_ax.set_xlim(0.5, stopped_at + 1)
+    loss_ax.grid(True, alpha=0.3)
+    fig.suptitle("mlprefs demo: live edits of mlprefs.toml, then early stopping")
+    handles = [h for ax in (loss_ax, acc_ax) for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+def _short(reason: str) -> str:
+    return reason if len(reason) <= 90 else reason[:87] + "..."
+
+
 def _finish(prefs: Client, hooks: Any, net: TinyNet, X_val: Any, y_val: Any, epochs: int,
             config: Path, store: Path, progress: _Progress) -> DemoResult:
     from .plugins.early_stopping import best
@@ -248,12 +305,15 @@ def _finish(prefs: Client, hooks: Any, net: TinyNet, X_val: Any, y_val: Any, epo
         val_loss, val_acc = net.loss(X_val, y_val)
         progress.say(f"restored the best weights, from epoch {best_iteration} (val_loss "
                      f"{best_value:.4f}, accuracy {val_acc:.2f})")
-    plot = str(config.parent / "learning_curve.png")
+    plot: str | None = str(config.parent / "learning_curve.png")
     try:
-        prefs.curves.plot(hooks.run_id, plot)
+        figure = draw_curve(prefs.curves.get(hooks.run_id),
+                            [c for c in run_changes(prefs.store, hooks.run_id) if c.applied],
+                            best_iteration, epochs, reason)
+        figure.savefig(plot, format="png")
         progress.say(f"learning curve with the change points marked: {plot}")
-    except ImportError as e:
+    except ImportError:
         plot = None
-        progress.say(f"no plot: {e}")
+        progress.say('no plot: plotting needs matplotlib: pip install "mlprefs-sdk[plot]"')
     progress.say(f"explore it: mlprefs --store {store} curves show {hooks.run_id}")
     return DemoResult(hooks.run_id, epochs, hooks.stop_reason, str(config), str(store), plot)

@@ -32,7 +32,7 @@ __all__ = ["QUIET_S", "GRACE_S", "TICK_S", "Sig", "UNKNOWN", "signature", "Track
 log = logging.getLogger(__name__)
 
 TICK_S = 0.010    # the watcher's loop period: stat loop, store poll, native step
-QUIET_S = 0.010   # an ordinary save must have held still this long (see the README, hot reload)
+QUIET_S = 0.010   # an ordinary save must have held still this long (see docs/hot-reload.md)
 GRACE_S = 0.150   # a vanished, emptied or invalid file must hold still this long
 STEP_MS = round(TICK_S * 1000)  # watchfiles' step: p50 latency is about 1.5 x step
 DEBOUNCE_MS = 20  # a stream of changes elsewhere in a directory cannot hold a batch longer

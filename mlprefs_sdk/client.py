@@ -454,7 +454,7 @@ class Client:
 
     # -- lifecycle ----------------------------------------------------------------
     def watch(self) -> "Client":
-        """Start hot reload; returns once the watcher is armed (issue: hot reload)."""
+        """Start hot reload; returns once the watcher is armed (docs/hot-reload.md)."""
         from .watch import Watcher
 
         with self._lock:
@@ -526,7 +526,7 @@ class Client:
 
     def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
                        run_id: str | None = None, distributed: Any = False) -> Any:
-        """The framework-agnostic training driver (SPEC section 6)."""
+        """The framework-agnostic training driver every adapter is built on (docs/training.md)."""
         from .training import TrainingHooks
 
         return TrainingHooks(self, optimizer=optimizer, scheduler=scheduler, model=model,

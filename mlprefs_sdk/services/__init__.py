@@ -1,1 +1,1 @@
-"""Services that keep their rows in the preference store (SPEC section 7)."""
+"""Services that keep their rows in the preference store."""

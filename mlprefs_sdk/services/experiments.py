@@ -1,4 +1,4 @@
-"""A/B experiments (SPEC section 7): sticky deterministic assignment, batched outcomes, and an
+"""A/B experiments: sticky deterministic assignment, batched outcomes, and an
 analysis whose decision never names a winner before the minimum sample and duration.
 
 Refused with FeatureDisabledError unless ml.experiments.ab_testing_enabled (which itself

@@ -66,7 +66,7 @@ def _version(version: Any) -> str:
 
 
 class Feedback:
-    """prefs.feedback (SPEC section 7)."""
+    """prefs.feedback: user feedback on predictions, its accuracy, and when to retrain."""
 
     def __init__(self, client: "Client") -> None:
         self._client = client

@@ -138,7 +138,7 @@ def _flush_at_exit(ref: "weakref.ref[Monitor]") -> None:
 
 
 class Monitor:
-    """prefs.monitor (SPEC section 7)."""
+    """prefs.monitor: record serving metrics, check them against the preferences, raise alerts."""
 
     def __init__(self, client: "Client") -> None:
         self._client = client

@@ -1,4 +1,4 @@
-"""The model registry (SPEC section 7): MLflow's registry concepts, kept in the preference store.
+"""The model registry: MLflow's registry concepts, kept in the preference store.
 
 A model is a name with immutable versions. One version per model is active (it serves); every
 move of that pointer is recorded with who, when, from and to, so rollback() can walk it back.
@@ -210,7 +210,7 @@ class ModelRegistry:
 
     # -- choosing ------------------------------------------------------------------
     def select(self, name: str | None = None) -> ModelVersion:
-        """The best qualifying version by ml.models.selection_criteria (see the README).
+        """The best qualifying version by ml.models.selection_criteria (see docs/registry-experiments.md).
 
         Qualifying: not deprecated, accuracy >= ml.performance.accuracy_threshold, and the
         metric the criterion ranks by is present. Ties go to the most recently registered.

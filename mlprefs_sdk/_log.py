@@ -59,7 +59,7 @@ def _other_handlers(name: str, mine: logging.Handler) -> bool:
     return False
 
 
-def _level_from_env() -> int | None:
+def _level_from_env() -> int:
     raw = os.environ.get("MLPREFS_LOG", "").strip().lower()
     if not raw:
         return logging.INFO

@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mlprefs_sdk import Client
-from mlprefs_sdk.services.datafilter import (DatasetNotIndexableError, SubjectIdError,
-                                             ViewChangedError)
+from mlprefs_sdk.services.datafilter import (
+    DatasetNotIndexableError,
+    SubjectIdError,
+    ViewChangedError,
+)
 
 SUBJECTS = [f"patient-{i:03d}@clinic.example" for i in range(6)]
 
@@ -225,9 +227,8 @@ def test_a_subject_of_that_raises_names_the_sample_index_not_the_id(home):
             raise KeyError("subject")
         return sample["subject"]
 
-    with Client() as prefs:
-        with pytest.raises(SubjectIdError, match=r"raised KeyError for sample 5") as info:
-            prefs.data.filter(data, raw_in_message)
+    with Client() as prefs, pytest.raises(SubjectIdError, match="raised KeyError for sample 5") as info:
+        prefs.data.filter(data, raw_in_message)
     assert info.value.index == 5
     assert not any(s in str(info.value) for s in SUBJECTS)
 
@@ -235,9 +236,8 @@ def test_a_subject_of_that_raises_names_the_sample_index_not_the_id(home):
 @pytest.mark.parametrize("returned,problem", [(42, "returned a int"), ("  ", "an empty string"),
                                               (None, "returned a NoneType")])
 def test_a_subject_of_that_returns_no_id_is_refused(home, returned, problem):
-    with Client() as prefs:
-        with pytest.raises(SubjectIdError, match=f"{problem} for sample 0"):
-            prefs.data.filter(samples(), lambda sample: returned)
+    with Client() as prefs, pytest.raises(SubjectIdError, match=f"{problem} for sample 0"):
+        prefs.data.filter(samples(), lambda sample: returned)
 
 
 def test_a_dataset_that_changes_length_asks_for_a_new_filter(home):

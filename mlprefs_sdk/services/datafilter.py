@@ -26,15 +26,23 @@ import ctypes
 import logging
 import operator
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
 
 if TYPE_CHECKING:
     from .privacy import DataPolicy, DataPrivacy
 
-__all__ = ["TrainableView", "DatasetNotIndexableError", "SubjectIdError", "ViewChangedError",
-           "decide", "NO_CONSENT", "OPTED_OUT"]
+__all__ = [
+    "NO_CONSENT",
+    "OPTED_OUT",
+    "DatasetNotIndexableError",
+    "SubjectIdError",
+    "TrainableView",
+    "ViewChangedError",
+    "decide",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,7 @@ class ViewChangedError(MlprefsError, IndexError):
     """An index past the end of the view, or a dataset whose length changed under the view."""
 
 
-def decide(policy: "DataPolicy", row: tuple[Any, Any] | None) -> int:
+def decide(policy: DataPolicy, row: tuple[Any, Any] | None) -> int:
     """0 may train, 1 no consent, 2 opted out: prefs.data.may_train_on's rule, for one
     consent row (consented, opted_out) or None when nothing is recorded."""
     if row is None:
@@ -87,7 +95,7 @@ def decide(policy: "DataPolicy", row: tuple[Any, Any] | None) -> int:
 class TrainableView:
     """The samples of `dataset` that may be trained on now; a torch-compatible Dataset."""
 
-    def __init__(self, data: "DataPrivacy", store: Any, dataset: Any,
+    def __init__(self, data: DataPrivacy, store: Any, dataset: Any,
                  subject_of: Callable[[Any], Any]) -> None:
         if not callable(subject_of):
             raise TypeError("prefs.data.filter(dataset, subject_of): subject_of must be a "
@@ -158,7 +166,7 @@ class TrainableView:
         self._policy = policy
         return self._rebuild(policy)
 
-    def _read_rows(self, data: "DataPrivacy") -> list[tuple[Any, Any] | None]:
+    def _read_rows(self, data: DataPrivacy) -> list[tuple[Any, Any] | None]:
         """Every consent row, in one query, matched to our subjects by pseudonym. A row may be
         keyed by the raw id (written while anonymisation was off): like may_train_on, the
         newest row of either form counts."""
@@ -179,7 +187,7 @@ class TrainableView:
             rows[slot] = row
         return rows
 
-    def _rebuild(self, policy: "DataPolicy") -> bool:
+    def _rebuild(self, policy: DataPolicy) -> bool:
         codes = bytes(decide(policy, row) for row in self._rows)
         keep = [i for i, slot in enumerate(self._slot_of) if not codes[slot]]
         counts = [0, 0, 0]

@@ -36,4 +36,25 @@ __all__ = [
     "StoreError",
     "FeatureDisabledError",
     "PolicyError",
+    "DatasetNotIndexableError",
+    "SubjectIdError",
+    "ViewChangedError",
+    "DifferentialPrivacyError",
 ]
+
+# Errors of optional parts (prefs.data.filter, integrations.opacus), imported on first use so
+# that `import mlprefs_sdk` stays as light as before; `from mlprefs_sdk import ...` works.
+_LAZY = {
+    "DatasetNotIndexableError": "services.datafilter",
+    "SubjectIdError": "services.datafilter",
+    "ViewChangedError": "services.datafilter",
+    "DifferentialPrivacyError": "integrations.opacus",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mlprefs_sdk' has no attribute {name!r}")

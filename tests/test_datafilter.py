@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from mlprefs_sdk import Client
-from mlprefs_sdk.services.datafilter import (
+from mlprefs_sdk import (
+    Client,
     DatasetNotIndexableError,
     SubjectIdError,
     ViewChangedError,

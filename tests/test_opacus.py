@@ -9,16 +9,13 @@ import sys
 
 import pytest
 
-from mlprefs_sdk import Client, PolicyError, ValidationError
+from mlprefs_sdk import Client, DifferentialPrivacyError, PolicyError, ValidationError
+from mlprefs_sdk.services.registry import InvalidModelError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")
 
-from mlprefs_sdk.integrations.opacus import (
-    DifferentialPrivacyError,
-    accounting_for,
-    make_private,
-)
+from mlprefs_sdk.integrations.opacus import accounting_for, make_private
 
 # Opacus's per-sample hooks make torch say this on every backward pass of a first layer.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
@@ -154,7 +151,7 @@ def test_a_run_without_dp_registers_no_dp_epsilon(home):
 
 
 def test_an_unknown_run_id_is_refused_by_name(home):
-    with Client() as prefs, pytest.raises(LookupError, match="run_id 'nope' is not a training run"):
+    with Client() as prefs, pytest.raises(InvalidModelError, match="run_id 'nope' is not"):
         prefs.models.register("m", 1, "pytorch", run_id="nope")
 
 

@@ -20,21 +20,17 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import MlprefsError
 from ..hookspecs import hookimpl
 from ..runs import load_run
+from ..services._model_values import InvalidModelError
 
-__all__ = ["UnknownRunError", "run_metrics", "spent", "with_run"]
+__all__ = ["run_metrics", "spent", "with_run"]
 
 log = logging.getLogger(__name__)
 
 NAME = "privacy_budget"
 INTEGRATION = "mlprefs_sdk.integrations.opacus"
 TARGET = "ml.data.dp_target_epsilon"
-
-
-class UnknownRunError(MlprefsError, LookupError):
-    """A run_id names no training run recorded in this store."""
 
 
 def _accounting(hooks: Any) -> Any:
@@ -54,7 +50,7 @@ def run_metrics(store: Any, run_id: str) -> dict[str, float]:
     """{"dp_epsilon": ...} for a stored run trained with DP-SGD, {} for any other run."""
     record = load_run(store, run_id)
     if record is None:
-        raise UnknownRunError(f"run_id {run_id!r} is not a training run in this store; pass the "
+        raise InvalidModelError(f"run_id {run_id!r} is not a training run in this store; pass the "
                           "hooks.run_id of a run recorded here")
     state = record.state.get("plugins", {}).get(NAME)
     return {} if not state else {"dp_epsilon": float(state["epsilon"])}
@@ -63,8 +59,6 @@ def run_metrics(store: Any, run_id: str) -> dict[str, float]:
 def with_run(store: Any, run_id: str, metrics: Mapping[str, Any] | None,
              tags: Mapping[str, str] | None, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A model version's metrics and tags when it is registered from a stored run."""
-    from ..services._model_values import InvalidModelError
-
     from_run = run_metrics(store, run_id)
     ours = dict(metrics or {})
     for key, value in from_run.items():

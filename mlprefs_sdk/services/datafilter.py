@@ -22,7 +22,6 @@ sample, and no error message or log line names one.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import operator
 import os
@@ -115,7 +114,7 @@ class TrainableView:
         self._excluded: dict[str, int] = {}
         from multiprocessing.sharedctypes import RawArray  # shared with forked workers
 
-        self._array = RawArray(ctypes.c_int64, self._size + _HEAD)
+        self._array = RawArray("q", self._size + _HEAD)
         self._map = memoryview(self._array).cast("B").cast("q")
         self.refresh()
 

@@ -160,5 +160,5 @@ def _opacus_warnings_logged(level: int = logging.WARNING) -> Iterator[None]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    for w in caught:
-        log.log(level, "mlprefs: Opacus: %s", w.message)
+    for message in dict.fromkeys(str(w.message) for w in caught):  # each once, in order
+        log.log(level, "mlprefs: Opacus: %s", message)

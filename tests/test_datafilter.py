@@ -180,6 +180,23 @@ def test_dataloader_workers_honour_a_revocation_at_the_next_epoch(home, persiste
     assert sorted(second) == sorted(s for s in first if s != SUBJECTS[4])
 
 
+def test_spawned_persistent_workers_index_the_map_the_main_process_refreshed(home):
+    torch = pytest.importorskip("torch")
+    import multiprocessing
+
+    with Client() as prefs:
+        prefs.data.grant_consent(SUBJECTS[0])
+        view = prefs.data.filter(samples(2), subject_of)  # the worker gets a pickled copy
+        loader = torch.utils.data.DataLoader(
+            view, batch_size=2, num_workers=1, persistent_workers=True,
+            multiprocessing_context=multiprocessing.get_context("spawn"))
+        first = [s for batch in loader for s in batch["subject"]]
+        prefs.data.revoke_consent(SUBJECTS[0])
+        prefs.data.grant_consent(SUBJECTS[5])
+        second = [s for batch in loader for s in batch["subject"]]
+    assert first == [SUBJECTS[0]] * 2 and second == [SUBJECTS[5]] * 2
+
+
 def test_a_torch_tensor_dataset_is_filtered_by_a_label_column(home):
     torch = pytest.importorskip("torch")
     ids = torch.arange(12) % 3

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 NO_CONSENT = "no consent"
 OPTED_OUT = "opted out"
-_REASONS = (None, NO_CONSENT, OPTED_OUT)  # decision codes 0, 1, 2
+_REASONS = ("", NO_CONSENT, OPTED_OUT)  # decision codes 0 (kept), 1, 2
 # Changes whenever a consent row is added, rewritten or deleted (any process, any backend).
 _FINGERPRINT = ("SELECT COUNT(*), MAX(updated_at), SUM(updated_at), SUM(consented), "
                 "SUM(opted_out) FROM consent")
@@ -196,14 +196,14 @@ class TrainableView:
         excluded = {_REASONS[c]: n for c, n in enumerate(counts) if c and n}
         shared = self._map
         if len(keep) == shared[0] and all(shared[i + _HEAD] == v for i, v in enumerate(keep)):
-            self._excluded = excluded  # type: ignore[assignment]
+            self._excluded = excluded
             return False
         shared[0] = 0  # a worker reading mid-rebuild sees an empty view, never a torn one
         for i, v in enumerate(keep):
             shared[i + _HEAD] = v
         shared[1] += 1
         shared[0] = len(keep)
-        self._excluded = excluded  # type: ignore[assignment]
+        self._excluded = excluded
         log.info("mlprefs: data filter: %d of %d samples may be trained on (excluded: %s)",
                  len(keep), self._size, excluded or "none")
         return True

@@ -112,6 +112,18 @@ def test_a_revocation_is_honoured_from_the_next_pass_not_within_one(home):
         assert view.excluded == {"no consent": 4}
 
 
+def test_a_revocation_by_another_client_is_honoured_on_either_store(store_url):
+    with Client(store=store_url) as prefs, Client(store=store_url) as other:
+        consent_all(prefs)
+        view = prefs.data.filter(samples(), subject_of)
+        assert len(view) == 24
+        other.data.revoke_consent(SUBJECTS[0])
+        other.data.opt_out(SUBJECTS[1])
+        assert len(view) == 16 and view.excluded == {"no consent": 4, "opted out": 4}
+        other.data.erase(SUBJECTS[1])
+        assert len(view) == 16 and view.excluded == {"no consent": 8}
+
+
 def test_refresh_reports_whether_the_view_changed(home):
     with Client() as prefs:
         consent_all(prefs)

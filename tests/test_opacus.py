@@ -85,6 +85,21 @@ def test_privacy_spent_is_what_the_opacus_accountant_reports(home):
         assert 0 < spent[0][0] < spent[1][0]
 
 
+def test_the_predicted_epsilon_of_the_next_epoch_is_what_it_then_spends(home):
+    with Client(overrides=DP) as prefs:
+        model, opt, loader = private(prefs, epochs=5)
+        hooks = prefs.training_hooks(optimizer=opt, model=model)
+        accounting = accounting_for(opt)
+        predicted, spent = [], []
+
+        def look(epoch):
+            spent.append(hooks.privacy_spent[0])
+            predicted.append(accounting.epsilon_after(accounting.steps_per_epoch))
+        train(hooks, model, opt, loader, epochs=3, between=look)
+    assert predicted[:2] == pytest.approx(spent[1:], rel=1e-9)
+    assert len(accounting.accountant.history) == 1  # the prediction left the accountant alone
+
+
 def test_a_live_edit_can_tighten_the_budget_but_not_loosen_it(home, project_dir):
     (project_dir / "mlprefs.toml").write_text("[ml.data]\ndp_target_epsilon = 2.0\n")
     overrides = {k: v for k, v in DP.items() if k != "ml.data.dp_target_epsilon"}

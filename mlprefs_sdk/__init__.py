@@ -1,5 +1,7 @@
 """mlprefs-sdk: live, layered ML preferences for training scripts."""
 
+from typing import TYPE_CHECKING
+
 from .catalog import KeySpec
 from .client import Client
 from .errors import (
@@ -14,6 +16,10 @@ from .errors import (
 )
 from .events import Subscription
 from .values import Change, ChangeSet, Explanation, HistoryEntry, LayerValue, Problem, Source
+
+if TYPE_CHECKING:  # type checkers see the classes; at run time __getattr__ imports them
+    from .integrations.opacus import DifferentialPrivacyError
+    from .services.datafilter import DatasetNotIndexableError, SubjectIdError, ViewChangedError
 
 __version__ = "0.1.0"
 

@@ -141,6 +141,34 @@ def test_a_resumed_run_keeps_counting_the_epsilon_it_spent(home):
         assert "privacy budget" in hooks.stop_reason
 
 
+def test_a_consent_revoked_mid_run_leaves_the_dp_loader_at_the_next_epoch(home):
+    torch.manual_seed(0)
+    X = torch.randn(240, 8)
+    rows = [(X[i], torch.tensor(int(X[i, 0] > 0)), torch.tensor(i % 6)) for i in range(240)]
+    with Client(overrides=DP) as prefs:
+        for u in range(6):
+            prefs.data.grant_consent(f"user-{u}")
+        view = prefs.data.filter(rows, lambda row: f"user-{int(row[2])}")
+        model = torch.nn.Sequential(torch.nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = torch.utils.data.DataLoader(view, batch_size=24)
+        model, opt, loader = make_private(prefs, model, opt, loader, epochs=3)
+        seen = []
+        for epoch in range(3):
+            users = set()
+            for xb, yb, ub in loader:
+                users.update(ub.tolist())
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+            seen.append(users)
+            if epoch == 0:
+                prefs.data.revoke_consent("user-0")
+                prefs.data.opt_out("user-5")
+    assert seen[0] == {0, 1, 2, 3, 4, 5}
+    assert seen[1] == seen[2] == {1, 2, 3, 4}
+
+
 # -- the registry -------------------------------------------------------------------------
 def test_the_epsilon_spent_lands_in_a_version_registered_from_the_run_also_later(home):
     with Client(overrides=DP) as prefs:

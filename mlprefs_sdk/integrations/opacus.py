@@ -118,6 +118,7 @@ def make_private(prefs: Any, model: Any, optimizer: Any, loader: Any, epochs: in
         model, dp_optimizer, dp_loader = engine.make_private_with_epsilon(
             module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon,
             target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm, **opacus_options)
+    _resize_per_pass(dp_loader)
     accounting = PrivacyAccounting(engine, epsilon, delta, float(dp_optimizer.noise_multiplier),
                                    1.0 / batches, len(dp_loader), epochs)
     _ACCOUNTING[dp_optimizer] = accounting
@@ -126,6 +127,27 @@ def make_private(prefs: Any, model: Any, optimizer: Any, loader: Any, epochs: in
              accounting.noise_multiplier, max_grad_norm, accounting.steps_per_epoch, epochs,
              epsilon, delta)
     return model, dp_optimizer, dp_loader
+
+
+def _resize_per_pass(dp_loader: Any) -> None:
+    """Opacus's Poisson sampler draws from a population sized once and never calls len() on
+    the dataset again. Over a prefs.data.filter view it would keep serving the samples of the
+    first pass; instead, each epoch starts a new pass of the view (its len()) and draws from
+    the samples that may be trained on now. The sampling rate, and so the accounting, stay."""
+    from ..services.datafilter import TrainableView
+
+    sampler = getattr(dp_loader, "batch_sampler", None)
+    if not isinstance(dp_loader.dataset, TrainableView) or not hasattr(sampler, "num_samples"):
+        return
+    base = type(sampler)
+
+    class PerPass(base):  # type: ignore[misc, valid-type]
+        def __iter__(self) -> Iterator[list[int]]:
+            self.num_samples = len(dp_loader.dataset)
+            return super().__iter__()
+
+    PerPass.__name__ = PerPass.__qualname__ = f"PerPass{base.__name__}"
+    sampler.__class__ = PerPass
 
 
 def _without_dp(prefs: Any, model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:

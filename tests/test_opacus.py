@@ -241,6 +241,16 @@ def test_make_private_needs_a_whole_number_of_epochs(home, epochs):
         private(prefs, epochs=epochs)
 
 
+def test_make_private_needs_a_loader_with_batches(home):
+    model, opt, loader = parts()
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.empty(0, 8)))
+    with Client(overrides=DP) as prefs:
+        with pytest.raises(DifferentialPrivacyError, match="a length"):
+            make_private(prefs, model, opt, (batch for batch in loader), epochs=1)
+        with pytest.raises(DifferentialPrivacyError, match=r"empty \(0 batches\)"):
+            make_private(prefs, model, opt, empty, epochs=1)
+
+
 def test_without_opacus_make_private_says_which_extra_to_install(home, monkeypatch):
     monkeypatch.setitem(sys.modules, "opacus", None)
     with Client(overrides=DP) as prefs, pytest.raises(ImportError, match=r"mlprefs-sdk\[dp\]"):

@@ -43,3 +43,23 @@ def test_every_verb_is_documented(verb):
     pattern = r"mlprefs(?: --?[\w-]+(?: [\w./:-]+)?)* " + re.escape(verb) + r"\b"
     assert re.search(pattern, docs), (
         f"`mlprefs {verb}` is not documented: add it to docs/cli.md")
+
+
+def test_the_documented_number_of_built_in_keys_is_the_catalog_s():
+    import tomllib
+
+    with open(REPO / "defaults.toml", "rb") as f:
+        catalog = tomllib.load(f)
+    count = sum(1 for _ in _keys(catalog))
+    stated = re.findall(r"defines the (\d+) built-in keys", _documentation())
+    assert stated and all(int(n) == count for n in stated), (stated, count)
+
+
+def _keys(table: dict, prefix: str = ""):
+    """Catalog entries are the tables that hold a `type`."""
+    for name, value in table.items():
+        if isinstance(value, dict):
+            if "type" in value and not isinstance(value["type"], dict):
+                yield prefix + name
+            else:
+                yield from _keys(value, prefix + name + ".")

@@ -1,7 +1,7 @@
 """Weights & Biases bridge: preferences into the run that exists when training starts.
 
 At train start every resolved key goes into the run's config (its value then) and
-`config["mlprefs.sources"]` maps each key to where it came from. Each change applied mid-run
+`config["mlprefs.source.<key>"]` says where each came from. Each change applied mid-run
 updates the config with `allow_val_change=True` (W&B refuses a changed config value without
 it) and is logged as `mlprefs/<key>` at the step it landed (numbers and bools; strings are in
 the config only), so the learning curve and the edits share one step axis.
@@ -17,11 +17,11 @@ import math
 import sys
 from typing import Any, Iterable
 
-__all__ = ["WandbSink", "active_sink", "SOURCES"]
+__all__ = ["WandbSink", "active_sink", "SOURCE"]
 
 log = logging.getLogger(__name__)
 
-SOURCES = "mlprefs.sources"  # config entry: {key: source}
+SOURCE = "mlprefs.source."  # config entries: SOURCE + key -> where the value came from
 MASK = "********"
 
 
@@ -32,15 +32,13 @@ class WandbSink:
 
     def __init__(self, run: Any) -> None:
         self.run = run
-        self._sources: dict[str, str] = {}
 
     def start(self, entries: Iterable[tuple[str, Any, str, bool]]) -> None:
         """entries: (key, value, source, sensitive)."""
         config: dict[str, Any] = {}
         for key, value, source, sensitive in entries:
             config[key] = MASK if sensitive else value
-            self._sources[key] = source
-        config[SOURCES] = dict(self._sources)
+            config[SOURCE + key] = source
         self.run.config.update(config, allow_val_change=True)
 
     def changes(self, entries: Iterable[tuple[str, Any, str, bool]], step: int) -> None:
@@ -48,10 +46,9 @@ class WandbSink:
         logged: dict[str, Any] = {}
         for key, value, source, sensitive in entries:
             config[key] = MASK if sensitive else value
-            self._sources[key] = source
+            config[SOURCE + key] = source
             if not sensitive and isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
                 logged[f"mlprefs/{key}"] = value
-        config[SOURCES] = dict(self._sources)
         self.run.config.update(config, allow_val_change=True)
         if logged:
             self.run.log(logged, step=step)

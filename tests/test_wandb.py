@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def records(run_dir: Path):
             pos += left - 7
             continue
         chunk, pos = data[pos:pos + length], pos + length
+        if len(chunk) < length:  # the writer is mid-record: what follows is not there yet
+            return
         if kind in (1, 2):
             part = chunk
         else:
@@ -61,9 +64,20 @@ def records(run_dir: Path):
             yield record
 
 
+def finished_records(run_dir: Path, timeout: float = 30.0) -> list:
+    """The records once the run's exit record is on disk (wandb-core writes the file from its
+    own process, and may still be writing when finish() returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(run_dir))
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def history(run_dir: Path, name: str) -> list[tuple[int, float]]:
     out = []
-    for r in records(run_dir):
+    for r in finished_records(run_dir):
         if r.WhichOneof("record_type") == "history":
             items = {i.key or ".".join(i.nested_key): json.loads(i.value_json)
                      for i in r.history.item}

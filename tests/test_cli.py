@@ -109,7 +109,7 @@ def test_list_prints_every_key_under_a_prefix(home, capsys):
     assert code == 0 and len(lines) == 12
     assert lines["ml.training.learning_rate"] == ["=", "0.001", "[user]"]
     code, rows = run_json(capsys, "list")
-    assert len(rows) == 54  # 53 built-in keys and the one the early-stopping plugin registers
+    assert len(rows) == 54  # the 54 built-in keys
     assert {r["key"]: r for r in rows}["ml.data.sharing_allowed"]["sensitive"] is True
 
 

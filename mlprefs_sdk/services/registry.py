@@ -32,7 +32,11 @@ from ._model_values import (
     version_text,
 )
 
-__all__ = ["ModelRegistry", *PUBLIC]
+# Spelled out (not *PUBLIC): type checkers read __all__ literally to see what is re-exported.
+__all__ = ["ModelRegistry", "ModelVersion", "Move", "UpdateCheck", "ModelNotFoundError",
+           "DuplicateVersionError", "InvalidModelError", "ModelStateError",
+           "NoQualifyingModelError", "ModelLoadError"]
+assert set(__all__) == {"ModelRegistry", *PUBLIC}
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import best_of, fresh_client, isolate, print_table  # noqa: E402
+from _bench import best_of, fresh_client, isolate, print_table
 
 KEY = "ml.training.learning_rate"
 

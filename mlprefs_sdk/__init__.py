@@ -13,6 +13,7 @@ from .errors import (
     ValidationError,
 )
 from .events import Subscription
+from .integrations.mlflow import MlflowSyncError  # the module imports mlflow only when used
 from .values import Change, ChangeSet, Explanation, HistoryEntry, LayerValue, Problem, Source
 
 __version__ = "0.1.0"
@@ -36,4 +37,5 @@ __all__ = [
     "StoreError",
     "FeatureDisabledError",
     "PolicyError",
+    "MlflowSyncError",
 ]

@@ -16,11 +16,12 @@ keys, within the key's range) or `{choices = [...]}` (values the key accepts).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable
+from typing import Any
 
 from .catalog import Catalog, KeySpec
 
-__all__ = ["build_schema", "schema_text", "DRAFT"]
+__all__ = ["DRAFT", "build_schema", "schema_text"]
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}

@@ -11,7 +11,7 @@ import pytest
 from mlprefs_sdk import Client
 
 mlflow = pytest.importorskip("mlflow")
-from mlflow import MlflowClient  # noqa: E402
+from mlflow import MlflowClient
 
 pytestmark = [
     # MLflow's SQL store runs on SQLAlchemy/alembic versions that warn about their own APIs.

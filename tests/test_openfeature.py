@@ -11,13 +11,13 @@ from _watch_helpers import wait_for
 from mlprefs_sdk import Client
 
 pytest.importorskip("openfeature")
-from openfeature import api  # noqa: E402
-from openfeature.evaluation_context import EvaluationContext  # noqa: E402
-from openfeature.event import ProviderEvent  # noqa: E402
-from openfeature.exception import ErrorCode  # noqa: E402
-from openfeature.flag_evaluation import Reason  # noqa: E402
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEvent
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
 
-from mlprefs_sdk.integrations.openfeature import MlprefsProvider  # noqa: E402
+from mlprefs_sdk.integrations.openfeature import MlprefsProvider
 
 LR = "ml.training.learning_rate"
 

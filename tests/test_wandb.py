@@ -13,7 +13,7 @@ import pytest
 from mlprefs_sdk import Client
 
 wandb = pytest.importorskip("wandb")
-from wandb.proto import wandb_internal_pb2 as pb  # noqa: E402
+from wandb.proto import wandb_internal_pb2 as pb
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]

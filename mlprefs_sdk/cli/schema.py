@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:  # argparse subparsers
     p = sub.add_parser("schema", help="write the JSON Schema (draft 2020-12) of mlprefs.toml")
     p.add_argument("--out", metavar="FILE", help="write it to FILE (default: print it)")
     p.set_defaults(func=cmd_schema)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
 from ._require import require
@@ -27,8 +28,15 @@ from ._require import require
 if TYPE_CHECKING:
     from ..services.registry import ModelRegistry, ModelVersion
 
-__all__ = ["MlflowSink", "active_sink", "import_registered_model", "move_alias", "MlflowSyncError",
-           "TAG_URI", "TAG_SOURCE"]
+__all__ = [
+    "TAG_SOURCE",
+    "TAG_URI",
+    "MlflowSink",
+    "MlflowSyncError",
+    "active_sink",
+    "import_registered_model",
+    "move_alias",
+]
 
 log = logging.getLogger(__name__)
 

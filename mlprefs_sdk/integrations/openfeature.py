@@ -18,20 +18,21 @@ with the keys whose served value changed in flags_changed.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import FeatureDisabledError, UnknownKeyError
 from ._require import require
 
 require("openfeature", "openfeature", "mlprefs_sdk.integrations.openfeature")
 
-from openfeature.evaluation_context import EvaluationContext  # noqa: E402
-from openfeature.event import ProviderEventDetails  # noqa: E402
-from openfeature.exception import ErrorCode  # noqa: E402
-from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason  # noqa: E402
-from openfeature.provider import AbstractProvider, Metadata  # noqa: E402
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEventDetails
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason
+from openfeature.provider import AbstractProvider, Metadata
 
-__all__ = ["MlprefsProvider", "EXPERIMENT_PREFIX"]
+__all__ = ["EXPERIMENT_PREFIX", "MlprefsProvider"]
 
 log = logging.getLogger(__name__)
 

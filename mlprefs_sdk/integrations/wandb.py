@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["WandbSink", "active_sink", "SOURCE"]
+__all__ = ["SOURCE", "WandbSink", "active_sink"]
 
 log = logging.getLogger(__name__)
 

@@ -243,3 +243,23 @@ def test_an_unknown_mlflow_model_is_model_not_found(tracking, prefs, mlflow_uri)
 
     with pytest.raises(ModelNotFoundError, match="nope"):
         prefs.models.import_mlflow("nope", tracking_uri=mlflow_uri)
+
+
+def test_import_mlflow_without_mlflow_names_the_extra(prefs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ImportError, match=r'pip install "mlprefs-sdk\[mlflow\]"'):
+        prefs.models.import_mlflow("churn")
+
+
+def test_a_tracker_that_fails_mid_run_is_logged_and_training_goes_on(tracking, project_dir, caplog):
+    (project_dir / "mlprefs.toml").write_text(TRACKING_ON)
+
+    def edit():
+        tracking.delete_run(run.info.run_id)  # MLflow now refuses writes to this run
+        prefs.set(LR, 0.01)
+
+    with Client() as prefs, mlflow.start_run() as run:
+        hooks = train(prefs, steps=4, edit_at=1, edit=edit)
+        tracking.restore_run(run.info.run_id)  # so that leaving start_run() can end it
+    assert hooks.steps == 4 and prefs.get(LR) == 0.01
+    assert f"run {hooks.run_id}: logging changes of {LR} at step 2 to mlflow failed" in caplog.text

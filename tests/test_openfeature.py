@@ -162,3 +162,13 @@ def test_a_replaced_provider_stops_listening(prefs, flags):
     api.clear_providers()
     prefs.set(LR, 0.03)
     assert events == []
+
+
+def test_importing_the_provider_without_openfeature_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openfeature", None)
+    monkeypatch.delitem(sys.modules, "mlprefs_sdk.integrations.openfeature")
+    with pytest.raises(ImportError, match=r'pip install "mlprefs-sdk\[openfeature\]"'):
+        importlib.import_module("mlprefs_sdk.integrations.openfeature")

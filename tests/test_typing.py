@@ -49,3 +49,24 @@ def test_the_user_script_runs(home, project_dir):
                           env=env, cwd=project_dir, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "weight" in done.stdout
+
+
+def test_load_accepts_a_dataclass_and_names_a_missing_key(home):
+    import dataclasses
+
+    from mlprefs_sdk import Client, UnknownKeyError
+
+    @dataclasses.dataclass(frozen=True)
+    class Performance:
+        batch_size: int
+        parallel_workers: int = 1
+        missing_with_default: str = "kept"
+
+    @dataclasses.dataclass
+    class Broken:
+        batch_sise: int
+
+    with Client(overrides={"ml.performance.batch_size": 64}) as prefs:
+        assert prefs.load(Performance, "ml.performance") == Performance(64, 4, "kept")
+        with pytest.raises(UnknownKeyError, match="ml.performance.batch_sise"):
+            prefs.load(Broken, "ml.performance")

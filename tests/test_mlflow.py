@@ -263,3 +263,18 @@ def test_a_tracker_that_fails_mid_run_is_logged_and_training_goes_on(tracking, p
         tracking.restore_run(run.info.run_id)  # so that leaving start_run() can end it
     assert hooks.steps == 4 and prefs.get(LR) == 0.01
     assert f"run {hooks.run_id}: logging changes of {LR} at step 2 to mlflow failed" in caplog.text
+
+
+def test_a_run_resumed_into_the_same_mlflow_run_logs_a_changed_value_as_a_metric(tracking, project_dir):
+    (project_dir / "mlprefs.toml").write_text(TRACKING_ON)
+    with Client() as prefs, mlflow.start_run() as run:
+        first = train(prefs, steps=3)
+    with Client() as prefs, mlflow.start_run(run_id=run.info.run_id):
+        prefs.set(LR, 0.02)  # between the two sessions: MLflow would refuse a new param value
+        hooks = prefs.training_hooks(run_id=first.run_id)
+        hooks.on_train_start()
+        hooks.on_train_end()
+    assert hooks.resumed and hooks.steps == 3
+    assert tracking.get_run(run.info.run_id).data.params[LR] == "0.001"
+    history = tracking.get_metric_history(run.info.run_id, f"mlprefs/{LR}")
+    assert [(m.step, m.value) for m in history] == [(3, 0.02)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -77,20 +78,29 @@ class MlflowSink:
 
         self._entities = mlflow.entities
 
-    def start(self, entries: Iterable[tuple[str, Any, str, bool]]) -> None:
-        """entries: (key, value, source, sensitive); one batch of params and tags."""
+    def start(self, entries: Iterable[tuple[str, Any, str, bool]], step: int = 0) -> None:
+        """entries: (key, value, source, sensitive): params and source tags in one batch.
+
+        MLflow refuses to change a param, so a run resumed into the same MLflow run keeps the
+        params it has; a value that differs from its param is logged as a change at `step`.
+        """
         E = self._entities
-        params, tags = [], []
+        logged = self._client.get_run(self.run_id).data.params
+        params, tags, changed = [], [], []
         for key, value, source, sensitive in entries:
-            params.append(E.Param(key, MASK if sensitive else _text(value)))
+            text = MASK if sensitive else _text(value)
+            if key not in logged:
+                params.append(E.Param(key, text))
+            elif logged[key] != text:
+                changed.append((key, value, source, sensitive))
             tags.append(E.RunTag(f"mlprefs.source.{key}", source))
         self._client.log_batch(self.run_id, params=params, tags=tags)
+        if changed:
+            self.changes(changed, step)
 
     def changes(self, entries: Iterable[tuple[str, Any, str, bool]], step: int) -> None:
         """Each applied change at the step it landed; the source tag follows the edit."""
         E = self._entities
-        import time
-
         now = int(time.time() * 1000)
         metrics, tags = [], []
         for key, value, source, sensitive in entries:

@@ -34,8 +34,8 @@ class WandbSink:
     def __init__(self, run: Any) -> None:
         self.run = run
 
-    def start(self, entries: Iterable[tuple[str, Any, str, bool]]) -> None:
-        """entries: (key, value, source, sensitive)."""
+    def start(self, entries: Iterable[tuple[str, Any, str, bool]], step: int = 0) -> None:
+        """entries: (key, value, source, sensitive); a resumed run's config is updated too."""
         config: dict[str, Any] = {}
         for key, value, source, sensitive in entries:
             config[key] = MASK if sensitive else value

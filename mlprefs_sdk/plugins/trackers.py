@@ -65,7 +65,7 @@ def mlprefs_train_start(hooks: Any) -> None:
         return
     hooks.scratch[NAME] = sinks
     entries = _entries(hooks, sorted(hooks.client.snapshot()))
-    _send(hooks, "the resolved preferences", lambda sink: sink.start(entries))
+    _send(hooks, "the resolved preferences", lambda sink: sink.start(entries, hooks.steps))
     log.info("mlprefs: run %s: %d preference(s) logged to %s", hooks.run_id, len(entries),
              ", ".join(s.name for s in sinks))
 

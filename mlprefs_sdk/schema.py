@@ -67,7 +67,7 @@ def space_schema(spec: KeySpec) -> dict[str, Any]:
     }
     if spec.type not in (int, float) or spec.choices is not None:
         return {**choices, "description": f"Values Optuna tries for {spec.key}."}
-    bound = {"type": "integer" if spec.type is int else "number"}
+    bound: dict[str, Any] = {"type": "integer" if spec.type is int else "number"}
     if spec.min is not None:
         bound["minimum"] = spec.min
     if spec.max is not None:
@@ -105,7 +105,7 @@ def schema_text(catalog: Catalog) -> str:
 
 def _with_tables(leaves: Iterable[str]) -> set[str]:
     """Every leaf path and every table above it (project is a leaf: its schema is given)."""
-    out = set()
+    out: set[str] = set()
     for path in leaves:
         parts = path.split(".")
         out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))

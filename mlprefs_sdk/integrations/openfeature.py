@@ -147,7 +147,7 @@ class MlprefsProvider(AbstractProvider):
         if not unit:
             return _error(default, ErrorCode.TARGETING_KEY_MISSING,
                           f"{flag_key} needs a targeting_key (the unit id) in the evaluation context")
-        from ..services.experiments import ExperimentNotFoundError
+        from ..services._experiment_values import ExperimentNotFoundError
 
         try:
             arm = self.prefs.experiments.assign(name, unit)

@@ -25,7 +25,7 @@ TRACKING = "ml.features.experiment_tracking"
 
 def active_sinks() -> list[Any]:
     """One sink per tracker with a run now; empty when neither library was imported."""
-    sinks = []
+    sinks: list[Any] = []
     if "mlflow" in sys.modules:
         from ..integrations import mlflow
 

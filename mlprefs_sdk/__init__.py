@@ -18,6 +18,7 @@ from .events import Subscription
 from .values import Change, ChangeSet, Explanation, HistoryEntry, LayerValue, Problem, Source
 
 if TYPE_CHECKING:  # type checkers see the classes; at run time __getattr__ imports them
+    from .integrations.mlflow import MlflowSyncError
     from .integrations.opacus import DifferentialPrivacyError
     from .services.datafilter import DatasetNotIndexableError, SubjectIdError, ViewChangedError
 
@@ -46,15 +47,17 @@ __all__ = [
     "SubjectIdError",
     "ViewChangedError",
     "DifferentialPrivacyError",
+    "MlflowSyncError",
 ]
 
-# Errors of optional parts (prefs.data.filter, integrations.opacus), imported on first use so
+# Errors of optional parts (prefs.data.filter, integrations.opacus / mlflow), imported on first use so
 # that `import mlprefs_sdk` stays as light as before; `from mlprefs_sdk import ...` works.
 _LAZY = {
     "DatasetNotIndexableError": "services.datafilter",
     "SubjectIdError": "services.datafilter",
     "ViewChangedError": "services.datafilter",
     "DifferentialPrivacyError": "integrations.opacus",
+    "MlflowSyncError": "integrations.mlflow",
 }
 
 

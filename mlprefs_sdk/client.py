@@ -21,7 +21,15 @@ from .resolve import View, add_key, resolve
 from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
 
 if TYPE_CHECKING:
+    from .services.curves import Curves
+    from .services.experiments import Experiments
+    from .services.feedback import Feedback
+    from .services.monitor import Monitor
+    from .services.privacy import DataPrivacy
+    from .services.registry import ModelRegistry
     from .store import Store
+    from .templates import Templates
+    from .training import TrainingHooks
 
 __all__ = ["Client"]
 
@@ -145,7 +153,7 @@ class Client:
         """Every key's value, immutable; later changes build a new mapping."""
         return self._view.values
 
-    def section(self, prefix: str) -> Any:
+    def section(self, prefix: str) -> Any:  # its fields depend on the catalog: Any
         """A frozen attrs object with one typed field per key below prefix (e.g. "ml.training")."""
         cache, view = self._sections, self._view  # a swap replaces both; never mix two views
         obj = cache.get(prefix)
@@ -498,7 +506,7 @@ class Client:
 
     # -- attached features --------------------------------------------------------
     @property
-    def templates(self) -> Any:
+    def templates(self) -> Templates:
         from .templates import Templates
 
         return Templates(self)
@@ -525,7 +533,7 @@ class Client:
         return self._pm
 
     def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
-                       run_id: str | None = None, distributed: Any = False) -> Any:
+                       run_id: str | None = None, distributed: Any = False) -> TrainingHooks:
         """The framework-agnostic training driver every adapter is built on (docs/training.md)."""
         from .training import TrainingHooks
 
@@ -533,37 +541,37 @@ class Client:
                              run_id=run_id, distributed=distributed)
 
     @property
-    def curves(self) -> Any:
+    def curves(self) -> Curves:
         from .services.curves import Curves
 
         return self._service(Curves)
 
     @property
-    def data(self) -> Any:
+    def data(self) -> DataPrivacy:
         from .services.privacy import DataPrivacy
 
         return self._service(DataPrivacy)
 
     @property
-    def monitor(self) -> Any:
+    def monitor(self) -> Monitor:
         from .services.monitor import Monitor
 
         return self._service(Monitor)
 
     @property
-    def feedback(self) -> Any:
+    def feedback(self) -> Feedback:
         from .services.feedback import Feedback
 
         return self._service(Feedback)
 
     @property
-    def models(self) -> Any:
+    def models(self) -> ModelRegistry:
         from .services.registry import ModelRegistry
 
         return self._service(ModelRegistry)
 
     @property
-    def experiments(self) -> Any:
+    def experiments(self) -> Experiments:
         from .services.experiments import Experiments
 
         return self._service(Experiments)

@@ -229,22 +229,33 @@ class Client:
         Both store scopes are re-read under the store's write lock, so the cross-key rules see
         what other processes committed meanwhile: two writers cannot each pass validation
         against a stale view and together store a combination that breaks a rule.
+
+        The wait for the store's write lock happens before this client's lock is taken, so
+        reloads, reads and history() carry on while another process holds the store. The
+        client lock is taken once the store lock is ours and held until the new view is in.
         """
         self._check_writable(changes)
         scope_id = self._scope_id(scope)
-        with self._lock:
-            checked: dict[str, Any] = {}
+        checked: dict[str, Any] = {}
+        held = False
 
-            def check() -> None:
-                fresh = self._read_slots(SCOPES)
-                view, problems = self._resolve(fresh)
-                if problems:
-                    raise _error(problems)
-                checked["slots"], checked["view"] = fresh, view
+        def check() -> None:
+            nonlocal held
+            self._lock.acquire()
+            held = True
+            fresh = self._read_slots(SCOPES)
+            view, problems = self._resolve(fresh)
+            if problems:
+                raise _error(problems)
+            checked["slots"], checked["view"] = fresh, view
 
+        try:
             entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
             self._slots.update(checked["slots"])
             self._swap(checked["view"])
+        finally:
+            if held:
+                self._lock.release()
         return entries
 
     def _scope_id(self, scope: str) -> str:

@@ -7,6 +7,8 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,86 @@ def test_an_in_memory_store_is_private_to_its_client(home):
         a.set(BATCH, 64)
         assert b.get(BATCH) == 32
     assert not (home / "prefs.db").exists()
+
+
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.readline()  # hold the write lock until the test says so
+conn.execute("COMMIT")
+"""
+
+
+@contextlib.contextmanager
+def foreign_write_lock(path: Path):
+    """Another process holding the store's write lock (BEGIN IMMEDIATE) until the block ends."""
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline() == "held\n"
+            yield proc
+        finally:
+            proc.stdin.close()  # readline() returns: the holder commits and exits
+            proc.wait(timeout=30)
+
+
+def _in_thread(fn):
+    """Run fn on a thread; return (thread, box) where box gets "result" or "error"."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed to the test, which asserts on it
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def _writer_is_waiting(box: dict, thread: threading.Thread) -> None:
+    """Give the set() time to reach BEGIN IMMEDIATE; it must still be waiting afterwards."""
+    thread.join(0.3)
+    assert thread.is_alive(), box
+
+
+def test_a_reload_and_history_carry_on_while_a_set_waits_for_another_process(home, project_dir):
+    (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 10\n")
+    with Client() as prefs:
+        prefs.set(BATCH, 16)
+        with foreign_write_lock(home / "prefs.db"):
+            writer, wrote = _in_thread(lambda: prefs.set(BATCH, 64))
+            _writer_is_waiting(wrote, writer)
+            (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 20\n")
+            reloader, reloaded = _in_thread(prefs.reload)
+            reloader.join(30)  # the foreign lock is held until we leave the block
+            assert not reloader.is_alive() and "error" not in reloaded
+            assert prefs.get("ml.training.max_iterations") == 20
+            reader, history = _in_thread(lambda: prefs.history(BATCH))
+            reader.join(30)
+            assert [e.new for e in history["result"]] == [16]
+            assert writer.is_alive()  # still waiting for the lock
+        writer.join(30)
+    assert wrote["result"].new == 64
+
+
+def test_a_set_that_cannot_get_the_lock_in_its_budget_says_who_holds_it(home, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "0.5")
+    with Client() as prefs:
+        with foreign_write_lock(home / "prefs.db") as holder:
+            with pytest.raises(StoreError) as e:
+                prefs.set(BATCH, 64)
+        assert prefs.get(BATCH) == 32
+    message = str(e.value)
+    assert message.startswith(f"{home / 'prefs.db'}: gave up waiting for the write lock after 0.")
+    assert f"it is held by pid {holder.pid} ({sys.executable} -c" in message
+    assert message.endswith("nothing was changed")
+
+
+def test_a_bad_lock_timeout_is_a_store_error_naming_the_variable(home, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "soon")
+    with pytest.raises(StoreError, match="MLPREFS_LOCK_TIMEOUT='soon' is not a number of seconds"):
+        Client()

@@ -13,7 +13,9 @@ from typing import Any
 from ..errors import MlprefsError
 from ..values import ChangeSet, format_value, show_path
 
-__all__ = ["register"]
+__all__ = ["register", "EXAMPLES"]
+
+EXAMPLES = {"watch": "mlprefs watch --json"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

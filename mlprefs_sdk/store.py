@@ -11,6 +11,7 @@ that runs out of time is a StoreError naming the process that holds the lock, wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -130,7 +131,7 @@ class SQLiteStore:
             self._writer_version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError as e:
             self._close_all(conn, reader)
-            raise _open_error(path, e) from None
+            raise _open_error(path, e)
         except sqlite3.DatabaseError as e:
             self._close_all(conn, reader)
             raise StoreError(f"{path}: not an mlprefs store ({e}); move it aside or point "
@@ -146,7 +147,7 @@ class SQLiteStore:
             return sqlite3.connect(path, timeout=self.timeout, isolation_level=None,
                                    check_same_thread=False)
         except sqlite3.Error as e:
-            raise _open_error(path, e) from None
+            raise _open_error(path, e)
 
     @staticmethod
     def _close_all(*conns: sqlite3.Connection | None) -> None:
@@ -174,10 +175,9 @@ class SQLiteStore:
                 fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
         except OSError as e:
-            raise StoreError(
+            raise StoreError(  # the OSError stays chained: it says what kind of problem
                 f"cannot create the store {path}: {e.strerror or e}; set MLPREFS_HOME or "
-                f"MLPREFS_STORE to a writable location"
-            ) from None
+                f"MLPREFS_STORE to a writable location") from e
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         known = len(MIGRATIONS)
@@ -401,16 +401,27 @@ def _entry(row: tuple) -> HistoryEntry:
     return HistoryEntry(id_, scope, key, _load(old), _load(new), at, actor, reason, scope_id)
 
 
+def _located(err: StoreError, code: int | None, path: str) -> StoreError:
+    """Chain the path problem behind a StoreError as its __cause__ (an OSError with errno and
+    file name), so a caller can tell an unusable location (EISDIR, EACCES...) from a damaged
+    store without parsing the message."""
+    err.__cause__ = OSError(code, os.strerror(code), path) if code is not None else None
+    err.__suppress_context__ = True
+    return err
+
+
 def _open_error(path: str, e: sqlite3.Error) -> StoreError:
-    """A store that cannot be opened, named, with what to do about it."""
+    """A store that cannot be opened, named, with what to do about it (raise it as is)."""
+    code = None
     if os.path.isdir(path):
-        why = "it is a directory, not a store file"
+        why, code = "it is a directory, not a store file", errno.EISDIR
     elif not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
-        why = f"its directory is not writable ({e})"
+        why, code = f"its directory is not writable ({e})", errno.EACCES
     else:
         why = str(e)
-    return StoreError(f"{path}: cannot open the store: {why}; move it aside, or set "
-                      f"MLPREFS_STORE (or MLPREFS_HOME) to a writable file location")
+    return _located(StoreError(f"{path}: cannot open the store: {why}; move it aside, or set "
+                               f"MLPREFS_STORE (or MLPREFS_HOME) to a writable file location"),
+                    code, path)
 
 
 def lock_holder(path: str) -> str:

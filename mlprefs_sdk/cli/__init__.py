@@ -179,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SystemExit as e:  # argparse: 0 for --help and --version
         return 0 if e.code in (0, None) else 1
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the CLI decides how a warning reaches the user
+        warnings.simplefilter("default")
         warnings.showwarning = _show_warning
         return _run(args)
 
@@ -229,7 +230,8 @@ def _run(args: argparse.Namespace) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except StoreError as e:
-        return _fail(ctx, e, 1 if e.errno in PATH_ERRNOS else 2)
+        cause = e.__cause__  # the store module chains the OSError of an unusable path
+        return _fail(ctx, e, 1 if isinstance(cause, OSError) and cause.errno in PATH_ERRNOS else 2)
     except (MlprefsError, ValueError, LookupError, TypeError, OverflowError) as e:
         return _fail(ctx, e, 1)
     except OSError as e:
@@ -251,8 +253,8 @@ def _fail(ctx: Context, err: BaseException, code: int, internal: bool = False) -
     if isinstance(err, OSError) and not isinstance(err, MlprefsError) and err.strerror:
         where = f"{err.filename}: " if err.filename is not None else ""
         message = f"{where}{err.strerror}"
-    if not isinstance(err, MlprefsError):  # builtin errors may span lines; ours say it in one
-        message = " ".join(message.split())
+    lines = [line.strip() for line in message.splitlines() if line.strip()] or [""]
+    message = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")  # one line
     if internal:
         message = f"internal error ({type(err).__name__}): {message}"
     if ctx.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import signal
 import threading
 import time
@@ -58,6 +59,7 @@ def cmd_watch(ctx: Any) -> int:
 
     client.on_change("*", on_change)
     client.on_error(on_error)
+    _print_each_rejection_once()
     client.watch()
     watcher = client._watcher
     shown = [show_path(p) for p in watcher.paths]
@@ -70,6 +72,27 @@ def cmd_watch(ctx: Any) -> int:
     while watcher.alive:
         time.sleep(0.25)
     raise MlprefsError("the watcher stopped unexpectedly; see the log above")
+
+
+class _Reported(logging.Filter):
+    """Drops the library's own log record of a rejected edit: this verb prints it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("mlprefs") or record.levelno < logging.WARNING:
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        return not (any(isinstance(a, MlprefsError) for a in args)
+                    or "rejected" in str(record.msg))
+
+
+def _print_each_rejection_once() -> None:
+    """The watcher logs a rejected edit (for programs that only log) and calls on_error,
+    which this verb prints: keep the printed line, drop the log record from every handler
+    that would show it (the root's, and any the library added to its own loggers)."""
+    reported = _Reported()
+    for name in ("", "mlprefs", "mlprefs_sdk", "mlprefs_sdk.client"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(reported)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterator, Protocol, Sequence
+from urllib.parse import quote
 
 from ._migrations import MIGRATIONS
 from .errors import StoreError
@@ -134,6 +135,8 @@ class SQLiteStore:
             raise _open_error(path, e)
         except sqlite3.DatabaseError as e:
             self._close_all(conn, reader)
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF == SQLITE_CORRUPT or "malformed" in str(e):
+                raise damaged(path, e) from None
             raise StoreError(f"{path}: not an mlprefs store ({e}); move it aside or point "
                              f"MLPREFS_STORE at another file") from None
         except BaseException:
@@ -242,8 +245,12 @@ class SQLiteStore:
             try:
                 yield conn
                 conn.execute("COMMIT")
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
                 self._rollback(conn)
+                if _damaged(e):
+                    raise damaged(self.location, e) from None
+                if not isinstance(e, sqlite3.OperationalError):
+                    raise  # a constraint the caller may handle
                 raise StoreError(f"{self.location}: write failed, nothing was changed: {e}") from None
             except BaseException:
                 self._rollback(conn)
@@ -275,11 +282,20 @@ class SQLiteStore:
         transaction, on the write connection, to see its pending rows); writes on the writer."""
         if self._pid != os.getpid():
             self._after_fork()
-        if self._writer == threading.get_ident() or not _READ.match(sql):
-            with self._write_lock:
-                return self.conn.execute(sql, params).fetchall()
-        with self._lock:
-            return self.reader.execute(sql, params).fetchall()
+        try:
+            if self._writer == threading.get_ident() or not _READ.match(sql):
+                with self._write_lock:
+                    return self.conn.execute(sql, params).fetchall()
+            with self._lock:
+                return self.reader.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                raise damaged(self.location, e) from None
+            raise
+
+    def integrity(self, limit: int = 20) -> list[str]:
+        """PRAGMA integrity_check: ["ok"], or up to `limit` problems (for doctor)."""
+        return integrity_check(self.location, limit)
 
     def changed(self) -> bool:
         """True once after another connection committed (PRAGMA data_version, ~1.5 us).
@@ -408,6 +424,43 @@ def _located(err: StoreError, code: int | None, path: str) -> StoreError:
     err.__cause__ = OSError(code, os.strerror(code), path) if code is not None else None
     err.__suppress_context__ = True
     return err
+
+
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
+def _damaged(e: sqlite3.Error) -> bool:
+    """A corrupt database (damaged pages), as opposed to a busy, full or misused one."""
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB) or \
+        "malformed" in str(e)
+
+
+def damaged(path: str, e: sqlite3.Error) -> StoreError:
+    """The error for a store whose pages are damaged: where it is and what to do."""
+    return StoreError(
+        f"{path}: the store is damaged ({e}); see `mlprefs doctor` for its integrity report, "
+        f"then restore it from a backup, or move it aside (a new empty store is created) after "
+        f"saving what can still be read: sqlite3 {path} .recover > prefs.sql")
+
+
+def integrity_check(path: str, limit: int = 20) -> list[str]:
+    """SQLite's integrity report of a store file, read-only: ["ok"] or the problems found.
+
+    Works on a file too damaged for a Client to open; a file that cannot be checked at all
+    gives one line saying why.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True,
+                               timeout=5)
+    except sqlite3.Error as e:
+        return [f"cannot be read: {e}"]
+    try:
+        rows = conn.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+        return [str(r[0]) for r in rows] or ["ok"]
+    except sqlite3.DatabaseError as e:
+        return [f"cannot be checked: {e}"]
+    finally:
+        conn.close()
 
 
 def _open_error(path: str, e: sqlite3.Error) -> StoreError:

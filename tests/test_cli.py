@@ -429,3 +429,24 @@ def test_the_examples_in_the_help_parse(home):
     for verb, p in _every_verb_help():
         example = p.epilog.splitlines()[-1].split(">")[0]  # no shell redirection
         parser.parse_args(shlex.split(example)[1:])  # a usage error raises
+
+
+def test_doctor_on_a_store_with_damaged_pages_prints_its_integrity_report(home, capsys):
+    from test_store import damage_history_pages
+
+    db = home / "prefs.db"
+    damage_history_pages(db)
+    code, out, err = run(capsys, "doctor")
+    assert (code, err) == (2, "")
+    assert "integrity FAILED" in out and "malformed" in out
+    assert f"what to do: restore {db} from a backup" in out
+    code, data = run_json(capsys, "doctor")
+    assert code == 2 and data["store"]["integrity"] == "FAILED"
+    assert data["store"]["integrity_problems"]
+
+
+def test_a_directory_given_as_the_store_exits_1_naming_it(home, tmp_path, capsys):
+    code, out, err = run(capsys, "--store", str(tmp_path), "get", LR)
+    assert code == 1 and err == (f"mlprefs: cannot create the store {tmp_path}: it is a "
+                                 "directory, not a store file; set MLPREFS_HOME or MLPREFS_STORE "
+                                 "to a writable location\n")

@@ -264,3 +264,50 @@ def test_a_bad_lock_timeout_is_a_store_error_naming_the_variable(home, monkeypat
     monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "soon")
     with pytest.raises(StoreError, match="MLPREFS_LOCK_TIMEOUT='soon' is not a number of seconds"):
         Client()
+
+
+def damage_history_pages(db: Path) -> None:
+    """Fill a real store's history with rows, then overwrite some of its pages with junk."""
+    with Client() as prefs:
+        for i in range(300):
+            prefs.set(BATCH, 2 ** (i % 10 + 1), reason="x" * 200)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = [r[0] for r in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'history' AND pagetype = 'leaf'")]
+    conn.close()
+    with open(db, "r+b") as f:
+        for page in pages[len(pages) // 2:][:3]:
+            f.seek((page - 1) * size)
+            f.write(b"\xa5" * size)
+
+
+def test_reading_damaged_pages_is_a_store_error_naming_the_store_and_what_to_do(home):
+    db = home / "prefs.db"
+    damage_history_pages(db)
+    with Client() as prefs:
+        assert prefs.get(BATCH) == 1024  # the prefs table is intact: reads of it still work
+        with pytest.raises(StoreError) as e:
+            prefs.history(limit=300)
+    assert str(e.value).startswith(f"{db}: the store is damaged (database disk image is "
+                                   "malformed); see `mlprefs doctor` for its integrity report")
+    assert f"sqlite3 {db} .recover" in str(e.value)
+
+
+def test_a_directory_at_the_store_path_is_a_store_error_naming_it(home, tmp_path):
+    (tmp_path / "prefs.db").mkdir()
+    with pytest.raises(StoreError) as e:
+        Client(store=str(tmp_path / "prefs.db"))
+    assert str(e.value) == (f"cannot create the store {tmp_path / 'prefs.db'}: it is a directory, "
+                            "not a store file; set MLPREFS_HOME or MLPREFS_STORE to a writable "
+                            "location")
+    assert isinstance(e.value.__cause__, IsADirectoryError)
+
+
+def test_a_store_in_a_missing_directory_that_cannot_be_made_names_the_path(home, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=f"cannot create the store {blocker}/sub/prefs.db: "
+                                         "Not a directory"):
+        Client(store=str(blocker / "sub" / "prefs.db"))

@@ -321,12 +321,20 @@ def cmd_doctor(ctx: Any) -> int:
 
     from .. import __version__
 
-    client = ctx.client()
+    from ..errors import StoreError
+    from ..locations import locate
+
+    try:
+        client = ctx.client()
+    except StoreError as e:  # a store too damaged to open still gets its integrity report
+        return _doctor_unopenable(ctx, locate(ctx.args.store).store, e)
     loc = client.locations
     store = client.store
-    integrity = "n/a"
-    if hasattr(store, "query") and loc.store != ":memory:" and "://" not in loc.store:
-        integrity = store.query("PRAGMA integrity_check")[0][0]
+    integrity, problems = "n/a", []
+    if hasattr(store, "integrity") and loc.store != ":memory:":
+        report = store.integrity()
+        integrity = "ok" if report == ["ok"] else "FAILED"
+        problems = [] if report == ["ok"] else report
     health = store.health() if hasattr(store, "health") else {}  # backend, latency, notifications
     versions = {"mlprefs-sdk": __version__, "python": platform.python_version(),
                 "sqlite": sqlite3.sqlite_version}
@@ -355,6 +363,7 @@ def cmd_doctor(ctx: Any) -> int:
         "project": client.project, "user": client.user, "template": client.template,
         "versions": versions,
         "store": {"backend": type(store).__name__, "integrity": integrity,
+                  "integrity_problems": problems,
                   "schema_version": getattr(store, "schema_version", None), **health},
         "watcher_backend": backend,
         "admin_keys_not_locked": unpinned,
@@ -369,6 +378,7 @@ def cmd_doctor(ctx: Any) -> int:
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         lines.append(f"store: {data['store']['backend']}, schema {data['store']['schema_version']}, "
                      f"integrity {integrity}")
+        lines += _damage_report(loc.store, problems) if problems else []
         if health:
             note = health["notifications"]
             lines.append(f"store latency {health['latency_ms']} ms; changes from other clients: "
@@ -380,3 +390,29 @@ def cmd_doctor(ctx: Any) -> int:
 
     ctx.emit(data, text)
     return 0 if integrity in ("ok", "n/a") and health.get("healthy", True) else 2
+
+
+def _damage_report(path: str, problems: list[str]) -> list[str]:
+    """The integrity problems SQLite found, and what to do about them."""
+    return [f"  {p}" for p in problems] + [
+        f"what to do: restore {path} from a backup, or save what can still be read "
+        f"(sqlite3 {path} .recover > prefs.sql) and move the file aside; mlprefs then starts "
+        f"a new, empty store there"]
+
+
+def _doctor_unopenable(ctx: Any, path: str, err: Exception) -> int:
+    """doctor when the store cannot be opened: why, its integrity report if it is a file."""
+    from ..store import integrity_check
+
+    local = path != ":memory:" and "://" not in path and os.path.isfile(path)
+    report = integrity_check(path) if local else []
+    damaged = bool(report) and report != ["ok"]
+    data = {"paths": {"store": path}, "store": {"opened": False, "error": str(err),
+                                                "integrity": "FAILED" if damaged else "n/a",
+                                                "integrity_problems": report if damaged else []}}
+    lines = [f"store: {path} cannot be opened: {err}"]
+    if damaged:
+        lines += [f"store integrity FAILED ({len(report)} problem(s) shown):",
+                  *_damage_report(path, report)]
+    ctx.emit(data, "\n".join(lines))
+    return 2

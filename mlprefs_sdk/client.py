@@ -230,32 +230,21 @@ class Client:
         what other processes committed meanwhile: two writers cannot each pass validation
         against a stale view and together store a combination that breaks a rule.
 
-        The wait for the store's write lock happens before this client's lock is taken, so
-        reloads, reads and history() carry on while another process holds the store. The
-        client lock is taken once the store lock is ours and held until the new view is in.
+        Neither the wait for the store's write lock nor the transaction holds this client's
+        lock, so reloads, reads and history() carry on while another process holds the store
+        (and a change callback that writes cannot deadlock with a waiting write). Once the
+        commit is done, the store scopes are read again under the client lock and swapped in.
         """
         self._check_writable(changes)
         scope_id = self._scope_id(scope)
-        checked: dict[str, Any] = {}
-        held = False
 
         def check() -> None:
-            nonlocal held
-            self._lock.acquire()
-            held = True
-            fresh = self._read_slots(SCOPES)
-            view, problems = self._resolve(fresh)
+            _, problems = self._resolve(self._read_slots(SCOPES))
             if problems:
                 raise _error(problems)
-            checked["slots"], checked["view"] = fresh, view
 
-        try:
-            entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
-            self._slots.update(checked["slots"])
-            self._swap(checked["view"])
-        finally:
-            if held:
-                self._lock.release()
+        entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
+        self._refresh(SCOPES, origin="a set() by this client")
         return entries
 
     def _scope_id(self, scope: str) -> str:

@@ -311,3 +311,23 @@ def test_a_store_in_a_missing_directory_that_cannot_be_made_names_the_path(home,
     with pytest.raises(StoreError, match=f"cannot create the store {blocker}/sub/prefs.db: "
                                          "Not a directory"):
         Client(store=str(blocker / "sub" / "prefs.db"))
+
+
+def test_a_change_callback_that_writes_does_not_deadlock_with_a_waiting_set(home, project_dir):
+    """A reload runs change callbacks under the client's lock; one that calls set() must not
+    deadlock with another thread's set() that got the store lock meanwhile."""
+    (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 10\n")
+    with Client() as prefs:
+        prefs.on_change("ml.training.max_iterations",
+                        lambda changes: prefs.set("ml.training.learning_rate", 0.02))
+        with foreign_write_lock(home / "prefs.db"):
+            writer, wrote = _in_thread(lambda: prefs.set(BATCH, 64))
+            _writer_is_waiting(wrote, writer)
+            (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 20\n")
+            reloader, reloaded = _in_thread(prefs.reload)  # its callback waits for the store
+            reloader.join(0.3)
+        writer.join(30)
+        reloader.join(30)
+        assert not writer.is_alive() and not reloader.is_alive()
+        assert "error" not in wrote and "error" not in reloaded
+        assert (prefs.get(BATCH), prefs.get("ml.training.learning_rate")) == (64, 0.02)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import isolate, print_table  # noqa: E402
+from _bench import isolate, print_table
 
 HOLDER = """
 import sqlite3, sys, time
@@ -74,7 +74,7 @@ def main() -> int:
     project = root / "project"
     project.mkdir()
     toml = project / "mlprefs.toml"
-    toml.write_text(f"[ml.training]\nmax_iterations = 1000\n")
+    toml.write_text("[ml.training]\nmax_iterations = 1000\n")
     os.chdir(project)
 
     from mlprefs_sdk import Client
@@ -108,7 +108,10 @@ def main() -> int:
     print(f"foreign lock held {args.hold:g} s; the waiting set() returned after "
           f"{waited['set']:.2f} s; {len(reloads)} saves reloaded while it waited "
           f"(it was still waiting after the last: {still_waiting})")
-    ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.1f} ms"
+
     rows = [
         ("longest reload stall while a set() waits", ms(worst), "-", ms(base_worst),
          f"{worst / base_worst:.2f}x", worst < 1.0),

@@ -26,7 +26,7 @@ from ._migrations import MIGRATIONS
 from .errors import StoreError
 from .values import UNSET, HistoryEntry
 
-__all__ = ["Store", "SQLiteStore", "open_store", "lock_timeout", "UNSET"]
+__all__ = ["UNSET", "SQLiteStore", "Store", "integrity_check", "lock_holder", "lock_timeout", "open_store"]
 
 log = logging.getLogger(__name__)
 

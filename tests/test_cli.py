@@ -410,11 +410,8 @@ def _every_verb_help():
 
 @pytest.mark.parametrize("verb", [name for name, _ in _every_verb_help()])
 def test_every_verb_help_describes_each_argument_and_ends_with_an_example(verb, capsys):
-    import argparse
-
     parser = dict(_every_verb_help())[verb]
-    undocumented = [a.dest for a in parser._actions
-                    if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    undocumented = [a.dest for a in parser.arguments if not a.help]
     assert undocumented == [], f"mlprefs {verb}: arguments without help text"
     code, out, _ = run(capsys, *verb.split(), "--help")
     lines = out.rstrip().splitlines()

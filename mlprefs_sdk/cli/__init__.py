@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import MlprefsError, StoreError
 
-__all__ = ["main", "Context", "build_parser", "iter_verbs"]
+__all__ = ["Context", "build_parser", "iter_verbs", "main"]
 
 log = logging.getLogger("mlprefs_sdk.cli")
 
@@ -44,7 +44,29 @@ class _UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, handled by main() (exit 1)."""
+    """An ArgumentParser whose errors are one line, handled by main() (exit 1), and which
+    keeps a public record of what it holds: `arguments` (every action added to it, help
+    included) and `verbs` (its sub-verbs' parsers by name). Sub-verb parsers are _Parsers too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []  # before super(): it adds --help
+        self.verbs: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.verbs = action.choices  # filled in as the verb modules add their parsers
+        return action
+
+    def option(self, flag: str) -> argparse.Action | None:
+        """The argument that takes this option string, if any."""
+        return next((a for a in self.arguments if flag in a.option_strings), None)
 
     def error(self, message: str) -> Any:  # argparse calls this for every usage problem
         raise _UsageError(f"{self.prog}: {message} (see: {self.prog} --help)")
@@ -105,7 +127,7 @@ GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The whole command line: global options (before or after the verb), then every verb."""
     from .. import __version__
 
@@ -127,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     for path, p in iter_verbs(parser):
         name = " ".join(path)
         _accept_global_options(p)
-        for action in p._actions:  # argparse keeps no public list of a parser's arguments
+        for action in p.arguments:
             if action.help is None:
                 action.help = ARGUMENT_HELP.get(f"{name} {action.dest}")
         example = examples.get(name) or EXAMPLES.get(name)
@@ -137,25 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def iter_verbs(parser: argparse.ArgumentParser,
-               path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+def iter_verbs(parser: _Parser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], _Parser]]:
     """Every verb and sub-verb parser below `parser`, with its path ("templates", "show")."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, p in action.choices.items():
-                yield (*path, name), p
-                yield from iter_verbs(p, (*path, name))
+    for name, p in parser.verbs.items():
+        yield (*path, name), p
+        yield from iter_verbs(p, (*path, name))
 
 
-def _accept_global_options(p: argparse.ArgumentParser) -> None:
+def _accept_global_options(p: _Parser) -> None:
     """The global options after the verb too; SUPPRESS keeps a value given before it."""
     group = None
     for flags, kwargs in GLOBAL_OPTIONS:
-        if any(flag in p._option_string_actions for flag in flags):
+        if any(p.option(flag) for flag in flags):
             continue  # the verb has its own (e.g. watch --json)
         if group is None:
             group = p.add_argument_group("global options (also accepted before the verb)")
-        group.add_argument(*flags, **{**kwargs, "default": argparse.SUPPRESS})
+        p.arguments.append(group.add_argument(*flags, **{**kwargs, "default": argparse.SUPPRESS}))
 
 
 def _verb_modules() -> list[Any]:
@@ -185,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
 
 
-def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_numbers(parser: _Parser, args: argparse.Namespace) -> None:
     """An integer no store column can hold is a usage error, for every verb's every option."""
     for dest, value in vars(args).items():
         values = value if isinstance(value, list) else [value]
@@ -195,9 +214,9 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                                   f"(at most {INT64:,} in size)")
 
 
-def _option_name(parser: argparse.ArgumentParser, dest: str) -> str:
+def _option_name(parser: _Parser, dest: str) -> str:
     for p in (parser, *(p for _, p in iter_verbs(parser))):
-        for action in p._actions:
+        for action in p.arguments:
             if action.dest == dest:
                 return action.option_strings[-1] if action.option_strings else dest.upper()
     return dest

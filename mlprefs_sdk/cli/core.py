@@ -11,7 +11,7 @@ from typing import Any
 
 from ..values import format_value
 
-__all__ = ["register", "EXAMPLES"]
+__all__ = ["EXAMPLES", "register"]
 
 MASK = "********"
 LR = "ml.training.learning_rate"
@@ -320,7 +320,6 @@ def cmd_doctor(ctx: Any) -> int:
     from importlib import metadata
 
     from .. import __version__
-
     from ..errors import StoreError
     from ..locations import locate
 
@@ -330,7 +329,7 @@ def cmd_doctor(ctx: Any) -> int:
         return _doctor_unopenable(ctx, locate(ctx.args.store).store, e)
     loc = client.locations
     store = client.store
-    integrity, problems = "n/a", []
+    integrity, problems = "n/a", list[str]()
     if hasattr(store, "integrity") and loc.store != ":memory:":
         report = store.integrity()
         integrity = "ok" if report == ["ok"] else "FAILED"
@@ -394,10 +393,10 @@ def cmd_doctor(ctx: Any) -> int:
 
 def _damage_report(path: str, problems: list[str]) -> list[str]:
     """The integrity problems SQLite found, and what to do about them."""
-    return [f"  {p}" for p in problems] + [
-        f"what to do: restore {path} from a backup, or save what can still be read "
-        f"(sqlite3 {path} .recover > prefs.sql) and move the file aside; mlprefs then starts "
-        f"a new, empty store there"]
+    advice = (f"what to do: restore {path} from a backup, or save what can still be read "
+              f"(sqlite3 {path} .recover > prefs.sql) and move the file aside; mlprefs then "
+              f"starts a new, empty store there")
+    return [*(f"  {p}" for p in problems), advice]
 
 
 def _doctor_unopenable(ctx: Any, path: str, err: Exception) -> int:

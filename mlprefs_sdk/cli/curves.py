@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-__all__ = ["register", "EXAMPLES"]
+__all__ = ["EXAMPLES", "register"]
 
 EXAMPLES = {
     "curves": "mlprefs curves list",

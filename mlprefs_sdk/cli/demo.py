@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["register", "EXAMPLES"]
+__all__ = ["EXAMPLES", "register"]
 
 EXAMPLES = {"demo": "mlprefs demo --epochs 30 --manual"}
 

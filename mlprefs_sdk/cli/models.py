@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from typing import Any
 
-__all__ = ["register", "EXAMPLES"]
+__all__ = ["EXAMPLES", "register"]
 
 EXAMPLES = {
     "models": "mlprefs models list",

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import MlprefsError
 from ..values import ChangeSet, format_value, show_path
 
-__all__ = ["register", "EXAMPLES"]
+__all__ = ["EXAMPLES", "register"]
 
 EXAMPLES = {"watch": "mlprefs watch --json"}
 

@@ -291,6 +291,10 @@ class SQLiteStore:
         except sqlite3.DatabaseError as e:
             if _damaged(e):
                 raise damaged(self.location, e) from None
+            if isinstance(e, sqlite3.OperationalError):  # e.g. still locked after the budget
+                raise StoreError(f"{self.location}: {e} (held by {lock_holder(self.location)}; "
+                                 f"budget {self.timeout:g} s, MLPREFS_LOCK_TIMEOUT)"
+                                 if "locked" in str(e) else f"{self.location}: {e}") from None
             raise
 
     def integrity(self, limit: int = 20) -> list[str]:

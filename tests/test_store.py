@@ -331,3 +331,11 @@ def test_a_change_callback_that_writes_does_not_deadlock_with_a_waiting_set(home
         assert not writer.is_alive() and not reloader.is_alive()
         assert "error" not in wrote and "error" not in reloaded
         assert (prefs.get(BATCH), prefs.get("ml.training.learning_rate")) == (64, 0.02)
+
+
+def test_a_single_write_statement_that_cannot_get_the_lock_is_a_store_error(home, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "0.2")
+    with Client() as prefs:
+        with foreign_write_lock(home / "prefs.db") as holder:
+            with pytest.raises(StoreError, match=f"database is locked \\(held by pid {holder.pid} "):
+                prefs.store.query("DELETE FROM templates WHERE name = ?", ("nope",))

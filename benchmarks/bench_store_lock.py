@@ -6,6 +6,9 @@ default) while one thread's set() waits for it. Meanwhile mlprefs.toml is saved 
 reload), and history() is timed too. The baseline is the same loop in the same run with no
 foreign lock and no waiting write. The figure that matters is the longest stall: before the
 fix, a reload waited for the whole lock (5.7 s behind a 6 s lock).
+
+With --store postgresql://..., the same on PostgreSQL: the other process holds the store's
+advisory write lock in an open transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ HOLDER = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+PG_HOLDER = """
+import sys, time, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.execute("BEGIN")
+conn.execute("SELECT pg_advisory_xact_lock(%s)", [int(sys.argv[3])])
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))
 conn.execute("COMMIT")
@@ -66,6 +78,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hold", type=float, default=10.0, help="seconds the foreign lock is held")
     ap.add_argument("--every", type=float, default=0.1, help="seconds between saves")
+    ap.add_argument("--store", help="a postgresql:// URL (default: a SQLite file)")
     args = ap.parse_args()
     isolate()
     root = Path(tempfile.mkdtemp(prefix="mlprefs-bench-lock-"))
@@ -79,12 +92,16 @@ def main() -> int:
 
     from mlprefs_sdk import Client
 
-    with Client(watch=True) as prefs:
+    with Client(watch=True, store=args.store) as prefs:
         prefs.set("ml.performance.batch_size", 16)
         base_reloads, base_hist = edit_loop(prefs, toml, min(args.hold, 3.0), args.every, 1000)
 
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root / "home" / "prefs.db"),
-                                   str(args.hold)], stdout=subprocess.PIPE, text=True)
+        if args.store:
+            command = [PG_HOLDER, args.store, str(args.hold), str(prefs.store.lock_id)]
+        else:
+            command = [HOLDER, str(root / "home" / "prefs.db"), str(args.hold)]
+        holder = subprocess.Popen([sys.executable, "-c", *command], stdout=subprocess.PIPE,
+                                  text=True)
         assert holder.stdout.readline() == "held\n"
         locked_at = time.monotonic()
         waited: dict[str, float] = {}

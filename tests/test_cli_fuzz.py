@@ -26,9 +26,10 @@ REPORTS = {("validate",), ("doctor",)}
 
 def garbage(tmp: Path) -> list[str]:
     """Values no argument should choke on: huge and negative numbers, empty text, a
-    directory, a missing file, unicode, NUL-free control text, a key that does not exist."""
+    directory, a missing file (relative: each call runs in a fresh empty directory), unicode,
+    control text, a key that does not exist, a long name."""
     return ["99999999999999999999999999", "-1", "-99999999999999999999", "0", "", "nan", "inf",
-            str(tmp), str(tmp / "missing" / "file.toml"), "ünïcødé-名前-🙂", "a\tb",
+            str(tmp), "missing/file.toml", "ünïcødé-名前-🙂", "a\tb",
             "ml.no.such.key", "x" * 300]
 
 
@@ -109,11 +110,18 @@ def fuzz_calls(tmp: Path) -> Iterator[list[str]]:
 
 @pytest.fixture
 def seeded(home: Path) -> Path:
-    """A store with a value, a history entry and a registered model to find."""
+    """A store with a value, a history entry, a model, a learning curve and an experiment
+    named "sample" (the plausible value), so the fuzzed calls reach past the lookups."""
     with Client() as prefs:
         prefs.set(LR, 0.01)
         prefs.models.register("sample", "1.0.0", framework="sklearn",
                               metrics={"accuracy": 0.9})
+        prefs.curves.log("sample", 1, loss=0.5)
+    (home / "overrides.toml").write_text(  # A/B testing on, so `experiments` verbs run
+        "[ml.global]\nenabled = true\n[ml.features]\nexperiment_tracking = true\n"
+        "[ml.experiments]\nab_testing_enabled = true\n")
+    with Client() as prefs:
+        prefs.experiments.create("sample", control="a", treatment="b")
     (home.parent / "fuzz").mkdir()
     return home.parent / "fuzz"
 

@@ -87,10 +87,13 @@ class _Reported(logging.Filter):
 
 def _print_each_rejection_once() -> None:
     """The watcher logs a rejected edit (for programs that only log) and calls on_error,
-    which this verb prints: keep the printed line, drop the log record from every handler
-    that would show it (the root's, and any the library added to its own loggers)."""
+    which this verb prints: keep the printed line, drop the log record — on the library's
+    loggers that create it, and on every handler already there that would show it."""
     reported = _Reported()
-    for name in ("", "mlprefs", "mlprefs_sdk", "mlprefs_sdk.client"):
+    names = ("mlprefs", "mlprefs_sdk", "mlprefs_sdk.client", "mlprefs_sdk.watch")
+    for name in names:
+        logging.getLogger(name).addFilter(reported)
+    for name in ("", *names):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(reported)
 

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import MlprefsError
 from ..values import ChangeSet, format_value, show_path
@@ -59,7 +59,7 @@ def cmd_watch(ctx: Any) -> int:
 
     client.on_change("*", on_change)
     client.on_error(on_error)
-    _print_each_rejection_once()
+    undo = _print_each_rejection_once()
     client.watch()
     watcher = client._watcher
     shown = [show_path(p) for p in watcher.paths]
@@ -69,8 +69,11 @@ def cmd_watch(ctx: Any) -> int:
         + "\n  ".join(shown))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly as on Ctrl-C
-    while watcher.alive:
-        time.sleep(0.25)
+    try:
+        while watcher.alive:
+            time.sleep(0.25)
+    finally:
+        undo()  # main() may run inside a longer-lived process
     raise MlprefsError("the watcher stopped unexpectedly; see the log above")
 
 
@@ -85,17 +88,22 @@ class _Reported(logging.Filter):
                     or "rejected" in str(record.msg))
 
 
-def _print_each_rejection_once() -> None:
+def _print_each_rejection_once() -> Callable[[], None]:
     """The watcher logs a rejected edit (for programs that only log) and calls on_error,
     which this verb prints: keep the printed line, drop the log record — on the library's
     loggers that create it, and on every handler already there that would show it."""
     reported = _Reported()
     names = ("mlprefs", "mlprefs_sdk", "mlprefs_sdk.client", "mlprefs_sdk.watch")
-    for name in names:
-        logging.getLogger(name).addFilter(reported)
-    for name in ("", *names):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(reported)
+    filtered: list[logging.Filterer] = [logging.getLogger(name) for name in names]
+    filtered += [h for name in ("", *names) for h in logging.getLogger(name).handlers]
+    for f in filtered:
+        f.addFilter(reported)
+
+    def undo() -> None:
+        for f in filtered:
+            f.removeFilter(reported)
+
+    return undo
 
 
 def _interrupt(signum: int, frame: Any) -> None:

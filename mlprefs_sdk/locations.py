@@ -56,7 +56,9 @@ def locate(store: str | None = None, env: Mapping[str, str] | None = None) -> Lo
 def find_project_file(start: str | None = None) -> tuple[str, str | None] | None:
     """mlprefs.toml in start or a parent; else the nearest pyproject.toml with [tool.mlprefs].
 
-    Returns (path, section) where section is "tool.mlprefs" for a pyproject.
+    Returns (path, section) where section is "tool.mlprefs" for a pyproject. Anything at the
+    name counts as found — a directory, a FIFO, a symlink loop — so that reading it reports
+    what is wrong there instead of the project layer silently falling back to defaults.
     """
     from pathlib import Path
 
@@ -64,16 +66,21 @@ def find_project_file(start: str | None = None) -> tuple[str, str | None] | None
     chain = [here, *here.parents]
     for d in chain:
         candidate = d / "mlprefs.toml"
-        if candidate.is_file():
+        if os.path.lexists(candidate):
             return str(candidate), None
     for d in chain:
         candidate = d / "pyproject.toml"
-        if candidate.is_file():
+        if os.path.lexists(candidate):
+            from .errors import ConfigFileError
+            from .tomlfile import read_bytes
+
             try:
-                text = candidate.read_text("utf-8")
-            except (OSError, UnicodeDecodeError):
+                raw = read_bytes(str(candidate))
+            except ConfigFileError:
+                return str(candidate), "tool.mlprefs"  # unreadable: reading the layer says why
+            if raw is None:
                 return None
-            if "[tool.mlprefs" in text or "tool.mlprefs" in text:
+            if b"tool.mlprefs" in raw:
                 return str(candidate), "tool.mlprefs"
             return None
     return None

@@ -8,12 +8,13 @@ with an explicit stack, so a key 5,000 segments deep is an ordinary key.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import re
 import stat
 import tomllib
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import attrs
 
@@ -246,6 +247,9 @@ _BASIC = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
 _LITERAL = re.compile(r"'([^'\n]*)'")
 _ML_BASIC = re.compile(r'"""(?:[^\\]|\\.)*?"{3,5}', re.S)
 _ML_LITERAL = re.compile(r"'''.*?'{3,5}", re.S)
+# The common line, `a.b = 1` or `a.b = "text"  # note`, in one match (a big file is mostly these).
+_FAST = re.compile(r'([A-Za-z0-9_-]+(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*)[ \t]*=[ \t]*'
+                   r'(?:"(?:[^"\\\n]|\\.)*"|[^"\'\[{\n#]+)[ \t]*(?:#[^\n]*)?(?=\n|\Z)')
 _SCALAR = re.compile(r"[^\s,\]}#\[{\"']+")
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|x([0-9A-Fa-f]{2})|(.))")
 _SIMPLE = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", "e": "\x1b", '"': '"', "\\": "\\"}
@@ -283,15 +287,24 @@ def _key(s: str, i: int) -> tuple[tuple[str, ...], int] | None:
 def _path_lines(text: str) -> dict[tuple[str, ...], int]:
     """Every key path (tables, keys, keys of inline tables) to the line it first appears on."""
     s, n = text, len(text)
+    newlines = [m.start() for m in re.finditer("\n", s)]
     out: dict[tuple[str, ...], int] = {}
-    i, line = 0, 1
+
+    def record(path: tuple[str, ...], at: int) -> None:
+        if path not in out:
+            out[path] = bisect.bisect_left(newlines, at) + 1
+
+    i = 0
     table: tuple[str, ...] | None = ()
     while True:
-        end = _SKIP.match(s, i).end()
-        line += s.count("\n", i, end)
-        i = end
+        i = _SKIP.match(s, i).end()
         if i >= n:
             return out
+        fast = table is not None and _FAST.match(s, i)
+        if fast:
+            record(table + tuple(p.strip(" \t") for p in fast.group(1).split(".")), i)
+            i = fast.end()
+            continue
         header = s[i] == "["
         if header:
             array = s.startswith("[[", i)
@@ -299,35 +312,31 @@ def _path_lines(text: str) -> dict[tuple[str, ...], int]:
         parsed = _key(s, i)
         if parsed is None or header:
             if parsed is not None:
-                out.setdefault(parsed[0], line)
+                record(parsed[0], i)
                 table = None if array else parsed[0]  # keys under [[x]] live inside a list
             eol = s.find("\n", i)
             i = n if eol < 0 else eol
             continue
+        at = i
         parts, i = parsed
         path = None if table is None else table + parts
         if path is not None:
-            out.setdefault(path, line)
+            record(path, at)
         if not s.startswith("=", i):
             continue
-        i, line = _value(s, i + 1, line, path, out)
+        i = _value(s, i + 1, path, record)
         eol = s.find("\n", i)  # what follows a value on its line: a comment, or a time
         i = n if eol < 0 else eol
 
 
-def _value(s: str, i: int, line: int, path: tuple[str, ...] | None,
-           out: dict[tuple[str, ...], int]) -> tuple[int, int]:
+def _value(s: str, i: int, path: tuple[str, ...] | None,
+           record: Callable[[tuple[str, ...], int], None]) -> int:
     """Skip one value starting at s[i:], recording the keys of inline tables inside it."""
     n = len(s)
     stack: list[Any] = []  # _ARRAY, or the key path of an inline table (None inside arrays)
     expect = "value"
     while i < n:
-        if stack:
-            end = _SKIP.match(s, i).end()
-            line += s.count("\n", i, end)
-            i = end
-        else:
-            i = _WS.match(s, i).end()
+        i = (_SKIP if stack else _WS).match(s, i).end()
         if i >= n:
             break
         c = s[i]
@@ -348,6 +357,7 @@ def _value(s: str, i: int, line: int, path: tuple[str, ...] | None,
                 i += 1
                 expect = "sep"
                 continue
+            at = i
             parsed = _key(s, i)
             if parsed is None:
                 i += 1
@@ -355,7 +365,7 @@ def _value(s: str, i: int, line: int, path: tuple[str, ...] | None,
             parts, i = parsed
             path = None if stack[-1] is None else stack[-1] + parts
             if path is not None:
-                out.setdefault(path, line)
+                record(path, at)
             if s.startswith("=", i):
                 i += 1
             expect = "value"
@@ -376,11 +386,9 @@ def _value(s: str, i: int, line: int, path: tuple[str, ...] | None,
                      else _BASIC if c == '"' else _LITERAL).match(s, i)
             else:
                 m = _SCALAR.match(s, i)
-            end = m.end() if m else i + 1
-            line += s.count("\n", i, end)
-            i = end
+            i = m.end() if m else i + 1
             expect = "sep"
-    return i, line
+    return i
 
 
 def _deepest_line(text: str) -> int | None:

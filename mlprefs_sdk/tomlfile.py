@@ -162,8 +162,12 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
         key = ".".join(keypath)
         line = lines.get(prefix + keypath)
         if key in values:  # "ml.training".rate and ml.training.rate name the same key
-            raise _file_error(path, line, None, f"{key} is written twice (a quoted key with a dot "
-                                                "names the same key as the dotted one)")
+            first = values[key][1]
+            problems.append(Problem.for_value(
+                key, value, Source("file", path, line),
+                f"is written twice: a quoted key with a dot names the same key as the one "
+                f"{f'at line {first}' if first else 'before it'}, which is used", "duplicate-key"))
+            continue
         values[key] = (value, line)
     return TomlDoc(path, values, meta, tuple(problems))
 

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import attrs
 
-__all__ = ["Locations", "locate", "find_project_file"]
+__all__ = ["Locations", "locate", "find_project_file", "make_private_dirs"]
 
 APP = "mlprefs"
 
@@ -29,6 +29,30 @@ class Locations:
         if "://" in self.store:  # a server store: the key stays on this machine, outside the URL
             return os.path.join(os.path.dirname(self.user_file), "secret.key")
         return os.path.join(os.path.dirname(self.store), "secret.key")
+
+
+def make_private_dirs(directory: str) -> None:
+    """Create directory and any missing parents 0700, whatever the umask.
+
+    The home holds the store and secret.key: under umask 000 os.makedirs would leave it 0777,
+    so any local user could swap the secret. Directories that already exist are left alone.
+    """
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            continue  # another process made it first: its mode is its own
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
 def locate(store: str | None = None, env: Mapping[str, str] | None = None) -> Locations:

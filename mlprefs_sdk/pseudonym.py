@@ -40,7 +40,9 @@ def load_secret(path: str) -> bytes:
 
 
 def _create(path: str) -> bytes:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    from .locations import make_private_dirs
+
+    make_private_dirs(os.path.dirname(path) or ".")  # 0700 whatever the umask
     key = secrets.token_bytes(SECRET_BYTES)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -126,7 +126,7 @@ def decode(raw: bytes, path: str) -> str:
         column = len(raw[start:e.start].decode("utf-8", "replace")) + 1
         reason = f"not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})"
         raise _file_error(path, line, column, reason) from None
-    return text[1:] if text.startswith("\ufeff") else text
+    return text.removeprefix("\ufeff")
 
 
 def parse_toml(text: str, path: str, section: str | None = None, meta_table: str = "project") -> TomlDoc:
@@ -249,8 +249,8 @@ _SKIP = re.compile(r"(?:[ \t\r\n]+|#[^\n]*)*")  # blank space, newlines and comm
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _BASIC = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
 _LITERAL = re.compile(r"'([^'\n]*)'")
-_ML_BASIC = re.compile(r'"""(?:[^\\]|\\.)*?"{3,5}', re.S)
-_ML_LITERAL = re.compile(r"'''.*?'{3,5}", re.S)
+_ML_BASIC = re.compile(r'"""(?:[^\\]|\\.)*?"{3,5}', re.DOTALL)
+_ML_LITERAL = re.compile(r"'''.*?'{3,5}", re.DOTALL)
 # The common line, `a.b = 1` or `a.b = "text"  # note`, in one match (a big file is mostly these).
 _FAST = re.compile(r'([A-Za-z0-9_-]+(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*)[ \t]*=[ \t]*'
                    r'(?:"(?:[^"\\\n]|\\.)*"|[^"\'\[{\n#]+)[ \t]*(?:#[^\n]*)?(?=\n|\Z)')

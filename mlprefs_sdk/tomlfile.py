@@ -25,6 +25,7 @@ __all__ = ["TomlDoc", "read_toml", "read_bytes", "parse_toml", "key_lines", "fla
 
 _POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 META_FIELDS = ("name", "template")  # [project] entries that must be strings
+MAX_FILE_BYTES = 16 << 20  # a preferences file beyond this is refused, not parsed for seconds
 
 
 @attrs.frozen
@@ -92,6 +93,8 @@ def read_bytes(path: str) -> bytes | None:
         raise _file_error(path, None, None, _os_reason(e)) from None
     if not stat.S_ISREG(st.st_mode):
         raise _file_error(path, None, None, _kind(st.st_mode))
+    if st.st_size > MAX_FILE_BYTES:
+        raise _too_big(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
@@ -103,17 +106,25 @@ def read_bytes(path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _file_error(path, None, None, _kind(st.st_mode))
-        chunks = []
+        chunks, size = [], 0
         while True:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:  # it grew after the stat
+                raise _too_big(path)
             chunks.append(chunk)
     except OSError as e:
         raise _file_error(path, None, None, _os_reason(e)) from None
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def _too_big(path: str) -> ConfigFileError:
+    return _file_error(path, None, None, f"is larger than {MAX_FILE_BYTES >> 20} MiB; a preferences "
+                                         "file that size is refused")
 
 
 def decode(raw: bytes, path: str) -> str:
@@ -125,6 +136,8 @@ def decode(raw: bytes, path: str) -> str:
         start = raw.rfind(b"\n", 0, e.start) + 1
         column = len(raw[start:e.start].decode("utf-8", "replace")) + 1
         reason = f"not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})"
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            reason = "is UTF-16 text; TOML files are UTF-8: save it as UTF-8"
         raise _file_error(path, line, column, reason) from None
     return text.removeprefix("\ufeff")
 
@@ -247,13 +260,13 @@ def key_lines(text: str) -> dict[str, int]:
 _WS = re.compile(r"[ \t]*")
 _SKIP = re.compile(r"(?:[ \t\r\n]+|#[^\n]*)*")  # blank space, newlines and comments
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
-_BASIC = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+_BASIC = re.compile(r'"([^"\\\n]*(?:\\.[^"\\\n]*)*)"')
 _LITERAL = re.compile(r"'([^'\n]*)'")
-_ML_BASIC = re.compile(r'"""(?:[^\\]|\\.)*?"{3,5}', re.DOTALL)
-_ML_LITERAL = re.compile(r"'''.*?'{3,5}", re.DOTALL)
+_ML_BASIC = re.compile(r'"""(?:[^\\"]++|\\.|"(?!""))*+"{3,5}', re.DOTALL)
+_ML_LITERAL = re.compile(r"'''(?:[^']++|'(?!''))*+'{3,5}")
 # The common line, `a.b = 1` or `a.b = "text"  # note`, in one match (a big file is mostly these).
 _FAST = re.compile(r'([A-Za-z0-9_-]+(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*)[ \t]*=[ \t]*'
-                   r'(?:"(?:[^"\\\n]|\\.)*"|[^"\'\[{\n#]+)[ \t]*(?:#[^\n]*)?(?=\n|\Z)')
+                   r'(?:"[^"\\\n]*(?:\\.[^"\\\n]*)*"|[^"\'\[{\n#]+)[ \t]*(?:#[^\n]*)?(?=\n|\Z)')
 _SCALAR = re.compile(r"[^\s,\]}#\[{\"']+")
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|x([0-9A-Fa-f]{2})|(.))")
 _SIMPLE = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", "e": "\x1b", '"': '"', "\\": "\\"}

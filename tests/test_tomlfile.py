@@ -496,3 +496,21 @@ def test_toml_test_invalid_cases_are_config_file_errors_with_a_line(tmp_path, na
     with pytest.raises(ConfigFileError) as e:
         read_toml(str(path))
     assert e.value.line == line, name
+
+
+def test_a_utf16_file_is_an_error_that_says_so(tmp_path):
+    path = tmp_path / "utf16.toml"
+    path.write_bytes("ml.training.learning_rate = 0.1\n".encode("utf-16"))
+    with pytest.raises(ConfigFileError, match="is UTF-16 text; TOML files are UTF-8") as e:
+        read_toml(str(path))
+    assert e.value.line == 1
+
+
+def test_a_file_beyond_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    from mlprefs_sdk.tomlfile import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.toml"
+    with open(path, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(ConfigFileError, match="is larger than 16 MiB"):
+        read_toml(str(path))

@@ -411,13 +411,15 @@ def _value(s: str, i: int, path: tuple[str, ...] | None,
 def _deepest_line(text: str) -> int | None:
     """The line where brackets and braces nest deepest (for a file too deep to parse)."""
     depth = deepest = 0
-    where = None
-    for no, row in enumerate(text.split("\n"), 1):
-        for c in row:
-            if c in "[{":
-                depth += 1
-                if depth > deepest:
-                    deepest, where = depth, no
-            elif c in "]}":
-                depth -= 1
+    line, where = 1, None
+    for m in re.finditer(r"[\[{\]}\n]", text):
+        c = m.group()
+        if c == "\n":
+            line += 1
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, line
+        else:
+            depth -= 1
     return where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Mapping
 
@@ -39,13 +40,15 @@ def make_private_dirs(directory: str) -> None:
     """
     missing = []
     path = os.path.abspath(directory)
-    while not os.path.isdir(path):
+    while not os.path.lexists(path):
         missing.append(path)
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
-    for path in reversed(missing):
+    if not missing and not os.path.isdir(path):
+        raise FileExistsError(errno.EEXIST, "File exists (not a directory)", path)
+    for path in reversed(missing):  # below a file, the first mkdir fails: "Not a directory"
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:

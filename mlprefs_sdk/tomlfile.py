@@ -283,18 +283,24 @@ def _unescape(m: re.Match[str]) -> str:
         return m.group()
 
 
+def _skip(pattern: re.Pattern[str], s: str, i: int) -> int:
+    """The index after what pattern (which may match nothing) matches at s[i:]."""
+    m = pattern.match(s, i)
+    return m.end() if m else i
+
+
 def _key(s: str, i: int) -> tuple[tuple[str, ...], int] | None:
     """A dotted, maybe quoted key at s[i:]: its unescaped parts and the index after it."""
     parts = []
     while True:
-        i = _WS.match(s, i).end()
+        i = _skip(_WS, s, i)
         c = s[i : i + 1]
         m = (_BASIC if c == '"' else _LITERAL if c == "'" else _BARE).match(s, i)
         if m is None:
             return None
         parts.append(_ESCAPE.sub(_unescape, m.group(1)) if c == '"' else
                      m.group(1) if c == "'" else m.group())
-        i = _WS.match(s, m.end()).end()
+        i = _skip(_WS, s, m.end())
         if s.startswith(".", i):
             i += 1
             continue
@@ -314,11 +320,11 @@ def _path_lines(text: str) -> dict[tuple[str, ...], int]:
     i = 0
     table: tuple[str, ...] | None = ()
     while True:
-        i = _SKIP.match(s, i).end()
+        i = _skip(_SKIP, s, i)
         if i >= n:
             return out
-        fast = table is not None and _FAST.match(s, i)
-        if fast:
+        fast = _FAST.match(s, i) if table is not None else None
+        if fast and table is not None:
             record(table + tuple(p.strip(" \t") for p in fast.group(1).split(".")), i)
             i = fast.end()
             continue
@@ -353,7 +359,7 @@ def _value(s: str, i: int, path: tuple[str, ...] | None,
     stack: list[Any] = []  # _ARRAY, or the key path of an inline table (None inside arrays)
     expect = "value"
     while i < n:
-        i = (_SKIP if stack else _WS).match(s, i).end()
+        i = _skip(_SKIP if stack else _WS, s, i)
         if i >= n:
             break
         c = s[i]

@@ -24,7 +24,7 @@ import time
 import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import isolate, print_table  # noqa: E402
+from _bench import isolate, print_table
 
 
 class _Count(logging.Handler):
@@ -102,8 +102,8 @@ def _corpus(root: str) -> list[tuple]:
     from mlprefs_sdk.resolve import resolve
 
     catalog = Catalog.packaged()
-    names = [n.strip() for n in open(os.path.join(root, "files-toml-1.0.0"), encoding="utf-8")
-             if n.strip().endswith(".toml")]
+    with open(os.path.join(root, "files-toml-1.0.0"), encoding="utf-8") as f:
+        names = [n.strip() for n in f if n.strip().endswith(".toml")]
     valid_ok = valid_n = invalid_ok = invalid_n = other = 0
     for name in names:
         valid = name.startswith("valid/")

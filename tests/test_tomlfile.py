@@ -514,3 +514,17 @@ def test_a_file_beyond_the_size_limit_is_refused_before_it_is_read(tmp_path):
         f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
     with pytest.raises(ConfigFileError, match="is larger than 16 MiB"):
         read_toml(str(path))
+
+
+def test_mlprefs_validate_without_files_reports_a_fifo_project_file(project_dir, capsys, no_hang):
+    from mlprefs_sdk.cli import main
+
+    os.mkfifo(project_dir / "mlprefs.toml")
+    assert main(["validate"]) == 1
+    assert "./mlprefs.toml: cannot parse TOML: is a FIFO" in capsys.readouterr().out
+
+
+def test_an_array_of_tables_at_a_key_is_a_type_error_at_its_header_line(project_dir):
+    (project_dir / "mlprefs.toml").write_text("# runs\n[[ml.training.learning_rate]]\nx = 1\n")
+    with pytest.raises(ValidationError, match=r"in ./mlprefs.toml:2 has type list, expected float"):
+        Client()

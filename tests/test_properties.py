@@ -143,10 +143,11 @@ def test_every_key_gets_the_line_it_is_written_on(data):
     """tomli_w writes each leaf as `key = value` on its own line under its table header."""
     import tomli_w
 
-    from mlprefs_sdk.tomlfile import _path_lines, _walk
+    from mlprefs_sdk._tomllines import path_lines
+    from mlprefs_sdk.tomlfile import _walk
 
     text = tomli_w.dumps(data, multiline_strings=True)
-    lines = _path_lines(text)
+    lines = path_lines(text)
     rows = text.split("\n")
     for path, _ in _walk(data):
         key = tomli_w.dumps({path[-1]: 0}).split(" = ")[0]

@@ -331,3 +331,33 @@ def test_a_validation_error_lists_20_problems_and_counts_the_rest(catalog):
     assert lines[0] == "25 problems found in mlprefs preferences:"
     assert lines[1:21] == [f"  k{i} is wrong" for i in range(20)]
     assert lines[21:] == ["  ... and 5 more problems (every one is in .problems)"]
+
+
+@pytest.fixture(scope="module")
+def large_catalog() -> Catalog:
+    """The packaged keys plus 10,000 registered ones: past the size where suggest() scores all."""
+    large = Catalog.packaged()
+    for i in range(10_000):
+        large.register(KeySpec.build(f"team.group{i % 100}.metric_{i}", "int", 1))
+    return large
+
+
+@pytest.mark.parametrize("key,suggestion", [
+    ("ml.training.batch", "ml.performance.batch_size"),
+    ("ml.training.learning_rat", "ml.training.learning_rate"),
+    ("ml.perf.batch_size", "ml.performance.batch_size"),
+    ("ml.training.patience", "ml.training.early_stopping_patience"),
+    ("ml.global.enable", "ml.global.enabled"),
+    ("ml.data.retention", "ml.data.retention_days"),
+    ("ml.training.lr", "ml.training.learning_rate"),
+    ("team.group7.metric_7x", "team.group7.metric_7"),
+])
+def test_a_catalog_of_10000_keys_still_suggests_the_nearest_key(large_catalog, key, suggestion):
+    assert suggestion in large_catalog.suggest(key)
+
+
+def test_a_large_catalog_scores_a_bounded_number_of_candidates(large_catalog):
+    from mlprefs_sdk.catalog import CANDIDATES, SCAN_ALL
+
+    assert len(large_catalog) > SCAN_ALL
+    assert len(large_catalog._candidates("team.group7.metric_7x")) <= 4 * CANDIDATES

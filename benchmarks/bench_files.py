@@ -6,6 +6,7 @@
   text (the floor: the SDK cannot read a file faster than the parser), and log lines written;
 - 20,000 unknown ml.* keys: time to the ValidationError beside the same floor, message size;
 - a key 5,000 segments deep, and values nested 5,000 deep: what comes out, and how fast;
+- "did you mean" on a catalog of 10,000 registered keys, beside the packaged catalog;
 - a FIFO, a directory and a symlink loop at mlprefs.toml: the error, and that it returns;
 - with --toml-test DIR (a checkout of github.com/toml-lang/toml-test): every TOML 1.0.0 case
   through the SDK's reader: valid files loaded, invalid ones rejected with a line, and any
@@ -95,6 +96,27 @@ def _strange(kind: str) -> str:
         signal.alarm(0)
 
 
+def _suggest_row() -> tuple:
+    """One "did you mean" on a catalog of 10,000 registered keys, beside the packaged one."""
+    from mlprefs_sdk.catalog import Catalog, KeySpec
+
+    small, large = Catalog.packaged(), Catalog.packaged()
+    for i in range(10_000):
+        large.register(KeySpec.build(f"team.group{i % 100}.metric_{i}", "int", 1))
+    large.suggest("warm.up")  # builds the index once per catalog version
+
+    def per_call(catalog: Catalog) -> float:
+        keys = ["ml.training.learnin_rat", "ml.training.batch", "team.group7.metric_7x"]
+        t = time.perf_counter()
+        for key in keys * 5:
+            catalog.suggest(key)
+        return (time.perf_counter() - t) / (len(keys) * 5)
+
+    big, base = per_call(large), per_call(small)
+    return ("did you mean, 10,000 registered keys", f"{big * 1000:.1f} ms a call", "-",
+            f"packaged catalog {base * 1000:.2f} ms", f"{big / base:.0f}x", big < 0.05)
+
+
 def _corpus(root: str) -> list[tuple]:
     from mlprefs_sdk.catalog import Catalog
     from mlprefs_sdk.errors import ConfigFileError, ValidationError
@@ -165,6 +187,8 @@ def main() -> int:
         seconds, outcome, size, lines, chars = _client_on(text)
         rows.append((label, f"{outcome} in {seconds:.2f} s, message {size:,} / log {chars:,} chars",
                      "-", "-", "-", outcome != "RecursionError"))
+
+    rows.append(_suggest_row())
 
     for kind in ("FIFO", "directory", "symlink loop"):
         outcome = _strange(kind)

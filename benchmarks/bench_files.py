@@ -10,7 +10,8 @@
 - a FIFO, a directory and a symlink loop at mlprefs.toml: the error, and that it returns;
 - with --toml-test DIR (a checkout of github.com/toml-lang/toml-test): every TOML 1.0.0 case
   through the SDK's reader: valid files loaded, invalid ones rejected with a line, and any
-  other exception (the goal: none).
+  other exception (the goal: none); and 30 random 1-3 byte edits of each file, which must
+  load with a line for every key or fail with a ConfigFileError with a line.
 """
 
 from __future__ import annotations
@@ -117,6 +118,43 @@ def _suggest_row() -> tuple:
             f"packaged catalog {base * 1000:.2f} ms", f"{big / base:.0f}x", big < 0.05)
 
 
+def _mutants(root: str, names: list[str], per_file: int = 30) -> list[tuple]:
+    """Each corpus file with 1-3 random byte edits: loaded with a line for every key, or a
+    ConfigFileError with a line; any other outcome is counted."""
+    import random
+
+    from mlprefs_sdk.errors import ConfigFileError
+    from mlprefs_sdk.tomlfile import read_toml
+
+    rng = random.Random(7)
+    alphabet = b"[]{}\"'=.,#\n \\\t\xc3\xa9\xef\xbb\xbfabc123-_:"
+    path = os.path.join(tempfile.mkdtemp(), "mutant.toml")
+    good = total = 0
+    for name in names:
+        with open(os.path.join(root, name), "rb") as f:
+            data = f.read()
+        for _ in range(per_file):
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randint(0, len(b))
+                if rng.random() < 0.4 and b:
+                    del b[min(i, len(b) - 1)]
+                else:
+                    b[i:i] = bytes([rng.choice(alphabet)])
+            with open(path, "wb") as f:
+                f.write(b)
+            total += 1
+            try:
+                doc = read_toml(path)
+                good += doc is not None and all(line for _, line in doc.values.values())
+            except ConfigFileError as e:
+                good += bool(e.line)
+            except Exception as e:  # noqa: BLE001 - counted: the goal is none
+                print(f"  mutant of {name}: {type(e).__name__}: {e}")
+    return [("toml-test mutants: loaded with lines, or error with a line", f"{good:,} of {total:,}",
+             "-", "-", "-", good == total)]
+
+
 def _corpus(root: str) -> list[tuple]:
     from mlprefs_sdk.catalog import Catalog
     from mlprefs_sdk.errors import ConfigFileError, ValidationError
@@ -146,6 +184,7 @@ def _corpus(root: str) -> list[tuple]:
             other += 1
             print(f"  {name}: {type(e).__name__}: {e}")
     return [
+        *_mutants(root, names),
         ("toml-test valid cases loaded", f"{valid_ok} of {valid_n}", "-", "-", "-", valid_ok == valid_n),
         ("toml-test invalid cases: error with a line", f"{invalid_ok} of {invalid_n}", "-", "-", "-",
          invalid_ok == invalid_n),

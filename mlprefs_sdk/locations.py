@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from typing import Mapping
 
 import attrs
 
-__all__ = ["Locations", "locate", "find_project_file", "make_private_dirs"]
+__all__ = ["Locations", "locate", "find_project_file", "make_private_dirs", "file_kind"]
 
 APP = "mlprefs"
 
@@ -30,6 +31,23 @@ class Locations:
         if "://" in self.store:  # a server store: the key stays on this machine, outside the URL
             return os.path.join(os.path.dirname(self.user_file), "secret.key")
         return os.path.join(os.path.dirname(self.store), "secret.key")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "is a socket"),
+    (stat.S_ISCHR, "is a character device"),
+    (stat.S_ISBLK, "is a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: "is a FIFO (named pipe)"."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return kind
+    return "is not a regular file"
 
 
 def make_private_dirs(directory: str) -> None:

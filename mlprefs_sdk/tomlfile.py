@@ -20,6 +20,7 @@ import attrs
 
 from ._tomllines import deepest_line, path_lines
 from .errors import ConfigFileError
+from .locations import file_kind
 from .values import Problem, Source, show_path
 
 __all__ = ["TomlDoc", "read_toml", "read_bytes", "parse_toml", "key_lines", "flatten", "unflatten"]
@@ -48,20 +49,9 @@ def read_toml(path: str, section: str | None = None, meta_table: str = "project"
     return parse_toml(decode(raw, path), path, section, meta_table)
 
 
-_KINDS = (
-    (stat.S_ISDIR, "is a directory, not a TOML file"),
-    (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file"),
-    (stat.S_ISSOCK, "is a socket, not a regular file"),
-    (stat.S_ISCHR, "is a character device, not a regular file"),
-    (stat.S_ISBLK, "is a block device, not a regular file"),
-)
-
-
 def _kind(mode: int) -> str:
-    for test, reason in _KINDS:
-        if test(mode):
-            return reason
-    return "is not a regular file"
+    kind = file_kind(mode)
+    return f"{kind}, not a TOML file" if stat.S_ISDIR(mode) else f"{kind}, not a regular file"
 
 
 def _os_reason(e: OSError) -> str:
@@ -72,7 +62,7 @@ def _os_reason(e: OSError) -> str:
     if e.errno == errno.ENOTDIR:
         return "cannot be reached: a parent of it is not a directory"
     if e.errno == errno.EISDIR:
-        return _KINDS[0][1]
+        return _kind(stat.S_IFDIR)
     return f"cannot read file: {e.strerror or e}"
 
 

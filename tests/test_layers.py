@@ -490,3 +490,19 @@ def test_an_existing_home_keeps_its_mode(home, umask_zero):
     with Client() as prefs:
         prefs.set(LR, 0.01)
     assert oct(home.stat().st_mode & 0o777) == "0o750"
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory"])
+def test_a_secret_key_that_is_not_a_regular_file_is_an_error_not_a_hang(tmp_path, kind):
+    import signal
+
+    from mlprefs_sdk.pseudonym import load_secret
+
+    path = tmp_path / "secret.key"
+    os.mkfifo(path) if kind == "FIFO" else path.mkdir()
+    signal.alarm(20)  # a hang fails the test instead of stalling the suite
+    try:
+        with pytest.raises(ValueError, match=f"secret.key: the pseudonymisation secret is a {kind}"):
+            load_secret(str(path))
+    finally:
+        signal.alarm(0)

@@ -462,8 +462,12 @@ class Client:
         self._values = view.values  # last: get() reads only this
 
     def _log_warnings(self, view: View) -> None:
-        for w in view.warnings:
-            log.warning("mlprefs: %s", w)
+        """At most MAX_LISTED lines, then a count: 100,000 unregistered keys log 21 lines."""
+        from .errors import cap_lines
+
+        for line in cap_lines([w.message for w in view.warnings],
+                              more="warnings (every one is in Client.warnings)"):
+            log.warning("mlprefs: %s", line)
 
     # -- lifecycle ----------------------------------------------------------------
     def watch(self) -> "Client":

@@ -169,9 +169,11 @@ class SQLiteStore:
     @staticmethod
     def _prepare_file(path: str) -> None:
         """Create the directory and an empty 0600 file, so no other user can read the store."""
+        from .locations import make_private_dirs
+
         directory = os.path.dirname(path) or "."
         try:
-            os.makedirs(directory, exist_ok=True)
+            make_private_dirs(directory)  # 0700 whatever the umask
             if os.path.isdir(path):
                 raise IsADirectoryError(21, "it is a directory, not a store file", path)
             if not os.path.exists(path):

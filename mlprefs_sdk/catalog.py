@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import numbers
@@ -198,6 +199,7 @@ class Catalog:
     def __init__(self, specs: Iterable[KeySpec] = (), path: str | None = None) -> None:
         self._specs: dict[str, KeySpec] = {s.key: s for s in specs}
         self.path = path
+        self._index: _Index | None = None  # built by the first suggest() on a large catalog
 
     @classmethod
     def packaged(cls) -> "Catalog":
@@ -231,6 +233,7 @@ class Catalog:
         if spec.key.startswith("ml.") and old is None:
             raise ValueError(f"key {spec.key!r}: the ml. namespace is reserved for built-in keys")
         self._specs[spec.key] = spec
+        self._index = None
 
     def __contains__(self, key: object) -> bool:
         return key in self._specs
@@ -262,7 +265,7 @@ class Catalog:
         whole.set_seq2(key)  # seq2 is the one SequenceMatcher caches
         last.set_seq2(tail)
         scored = []
-        for known in self._specs:
+        for known in self._specs if len(self._specs) <= SCAN_ALL else self._candidates(key):
             known_tail = known.rsplit(".", 1)[-1]
             score = _ratio(whole, known, 0.75)
             if score < 0.75:
@@ -278,6 +281,59 @@ class Catalog:
             scored.append((score, known))
         scored.sort(key=lambda sk: (-sk[0], sk[1]))
         return [k for _, k in scored[:n]]
+
+
+    def _candidates(self, key: str) -> list[str]:
+        """The keys of a large catalog worth scoring for `key`, found without scoring all.
+
+        Scoring every one of 10,000 registered keys took 0.1-0.6 s per suggestion; this
+        keeps the keys that share the most letter pairs with the key or its last segment,
+        plus those whose last segment holds every word of it, or has it as initials.
+        """
+        index = self._index
+        if index is None:
+            index = self._index = _Index(self._specs)
+        tail = key.rsplit(".", 1)[-1].lower()
+        whole, last = _pairs(key), _pairs(tail)
+        near = _top(whole, index.whole)
+        near_tail = _top(last, index.tail)
+        words = [w for w in tail.split("_") if w]
+        by_words = (set.intersection(*(index.by_word.get(w, set()) for w in words))
+                    if words and len(tail) >= 3 else set())
+        found = [index.keys[i] for i in near + near_tail]
+        found += sorted(by_words)[:CANDIDATES] + index.by_initials.get(tail, [])[:CANDIDATES]
+        return list(dict.fromkeys(found))
+
+
+SCAN_ALL = 500  # up to this many keys, suggest() scores every one
+CANDIDATES = 64  # beyond it, how many keys each cheap pre-filter keeps
+
+
+class _Index:
+    """Letter pairs, words and initials of every key's last segment, for _candidates."""
+
+    def __init__(self, specs: Mapping[str, Any]) -> None:
+        self.keys = list(specs)
+        self.whole = [_pairs(key) for key in self.keys]
+        self.tail = [_pairs(key.rsplit(".", 1)[-1]) for key in self.keys]
+        self.by_word: dict[str, set[str]] = {}
+        self.by_initials: dict[str, list[str]] = {}
+        for key in self.keys:
+            tail = key.rsplit(".", 1)[-1]
+            words = tail.split("_")
+            for word in words:
+                self.by_word.setdefault(word, set()).add(key)
+            self.by_initials.setdefault("".join(w[:1] for w in words), []).append(key)
+
+
+def _pairs(text: str) -> frozenset[str]:
+    return frozenset(text[i : i + 2] for i in range(len(text) - 1))
+
+
+def _top(pairs: frozenset[str], known: list[frozenset[str]]) -> list[int]:
+    """Indexes of the CANDIDATES entries of known sharing the most letter pairs (C-speed maps)."""
+    shared = list(map(len, map(pairs.intersection, known)))
+    return heapq.nlargest(CANDIDATES, range(len(shared)), key=shared.__getitem__)
 
 
 def _ratio(matcher: Any, text: str, cutoff: float) -> float:

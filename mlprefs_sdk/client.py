@@ -239,22 +239,22 @@ class Client:
         Both store scopes are re-read under the store's write lock, so the cross-key rules see
         what other processes committed meanwhile: two writers cannot each pass validation
         against a stale view and together store a combination that breaks a rule.
+
+        Neither the wait for the store's write lock nor the transaction holds this client's
+        lock, so reloads, reads and history() carry on while another process holds the store
+        (and a change callback that writes cannot deadlock with a waiting write). Once the
+        commit is done, the store scopes are read again under the client lock and swapped in.
         """
         self._check_writable(changes)
         scope_id = self._scope_id(scope)
-        with self._lock:
-            checked: dict[str, Any] = {}
 
-            def check() -> None:
-                fresh = self._read_slots(SCOPES)
-                view, problems = self._resolve(fresh)
-                if problems:
-                    raise _error(problems)
-                checked["slots"], checked["view"] = fresh, view
+        def check() -> None:
+            _, problems = self._resolve(self._read_slots(SCOPES))
+            if problems:
+                raise _error(problems)
 
-            entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
-            self._slots.update(checked["slots"])
-            self._swap(checked["view"])
+        entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
+        self._refresh(SCOPES, origin="a set() by this client")
         return entries
 
     def _scope_id(self, scope: str) -> str:
@@ -457,8 +457,12 @@ class Client:
         self._values = view.values  # last: get() reads only this
 
     def _log_warnings(self, view: View) -> None:
-        for w in view.warnings:
-            log.warning("mlprefs: %s", w)
+        """At most MAX_LISTED lines, then a count: 100,000 unregistered keys log 21 lines."""
+        from .errors import cap_lines
+
+        for line in cap_lines([w.message for w in view.warnings],
+                              more="warnings (every one is in Client.warnings)"):
+            log.warning("mlprefs: %s", line)
 
     # -- lifecycle ----------------------------------------------------------------
     def watch(self) -> "Client":

@@ -19,6 +19,28 @@ __all__ = [
 ]
 
 
+MAX_LISTED = 20  # problems (or warnings) spelled out in a message; the rest are counted
+MAX_LINE = 1000  # characters of one listed problem (a 5,000-segment key, a huge value)
+
+
+def cap_lines(lines: Sequence[str], limit: int = MAX_LISTED,
+              more: str = "problems (every one is in .problems)") -> list[str]:
+    """The first `limit` lines, each cut to MAX_LINE characters, then "... and N more".
+
+    20,000 unknown keys must give a readable message (and log), not a megabyte of text.
+    """
+    shown = [cut_line(line) for line in lines[:limit]]
+    if len(lines) > limit:
+        shown.append(f"... and {len(lines) - limit:,} more {more}")
+    return shown
+
+
+def cut_line(line: str) -> str:
+    if len(line) <= MAX_LINE:
+        return line
+    return f"{line[:MAX_LINE]}... ({len(line) - MAX_LINE:,} more characters)"
+
+
 class MlprefsError(Exception):
     """Root of every error the SDK raises."""
 
@@ -31,13 +53,13 @@ class ValidationError(MlprefsError, ValueError):
         lines = [str(p) for p in self.problems]
         if header is None:
             header = (
-                lines[0]
+                cut_line(lines[0])
                 if len(lines) == 1
                 else f"{len(lines)} problems found in mlprefs preferences:"
             )
             if len(lines) == 1:
                 lines = []
-        super().__init__("\n  ".join([header, *lines]))
+        super().__init__("\n  ".join([header, *cap_lines(lines)]))
 
 
 class ConfigFileError(ValidationError):
@@ -56,13 +78,13 @@ class ConfigFileError(ValidationError):
         self.path, self.line, self.column, self.reason = path, line, column, reason
         self.problems = list(problems)
         where = show_path(path) + (f":{line}" if line else "") + (f":{column}" if column else "")
-        header = f"{where}: cannot parse TOML: {reason}"
+        header = cut_line(f"{where}: cannot parse TOML: {reason}")
         # The parse failure itself is the header; list only the other problems under it.
         others = [str(p) for p in self.problems
                   if not (p.rule == "toml" and p.source is not None and p.source.path == path)]
         if others:
             header += f"; {len(others)} more problem(s):"
-        MlprefsError.__init__(self, "\n  ".join([header, *others]))
+        MlprefsError.__init__(self, "\n  ".join([header, *cap_lines(others)]))
 
 
 class UnknownKeyError(MlprefsError, KeyError):

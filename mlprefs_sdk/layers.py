@@ -68,7 +68,7 @@ def file_layer(name: str, path: str, section: str | None = None) -> Layer:
     if doc is None:
         return Layer(name, {}, path)
     entries = {key: Entry(value, Source(name, path, line)) for key, (value, line) in doc.values.items()}
-    return Layer(name, entries, path, meta=dict(doc.meta))
+    return Layer(name, entries, path, problems=_in_layer(doc.problems, name), meta=dict(doc.meta))
 
 
 def _in_layer(problems: Iterable[Problem], layer: str) -> tuple[Problem, ...]:

@@ -5,6 +5,9 @@ translated by _pgsql. Writers: every write transaction first takes one transacti
 advisory lock for the store, PostgreSQL's counterpart of SQLite's BEGIN IMMEDIATE, so the
 Client's in-transaction validation and the services' read-then-write see no other writer and
 nothing is lost between hosts. A transaction that wrote NOTIFYs before it commits.
+A write waits for that lock at most its budget (lock_timeout, from MLPREFS_LOCK_TIMEOUT as for
+SQLite); reads have a connection of their own, so they never queue behind a waiting write, and
+a write that runs out of time is a StoreError naming the session that holds the lock.
 
 Changes: a listener thread holds its own connection, LISTENs on the store's channel and
 raises a flag that changed() reads, so the watcher's 10 ms tick is a local check, not a query.
@@ -32,7 +35,7 @@ from psycopg.adapt import Loader
 from ._migrations import MIGRATIONS
 from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
 from .errors import StoreError
-from .store import SQLiteStore
+from .store import SQLiteStore, lock_timeout
 
 __all__ = ["PostgresStore", "redact"]
 
@@ -68,7 +71,11 @@ class _NumberLoader(Loader):
 
 
 class PostgresStore:
-    """A main connection (guarded by a lock) plus a listener thread; both reopened after fork."""
+    """A write connection, a read connection and a listener thread; all reopened after fork.
+
+    As in SQLiteStore, `_write_lock` guards the write connection (and the wait for the
+    store's advisory lock), `_lock` the read connection, which other threads use meanwhile.
+    """
 
     # The preference, history and template SQL is portable: SQLiteStore's methods run here
     # unchanged through query() and transaction().
@@ -79,13 +86,16 @@ class PostgresStore:
     saved_templates = SQLiteStore.saved_templates
     save_template = SQLiteStore.save_template
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, timeout: float | None = None) -> None:
         self.location = location
         self.shown = redact(location)
-        self._lock = threading.RLock()
+        self.timeout = lock_timeout() if timeout is None else timeout
+        self._lock = threading.RLock()        # the read connection
+        self._write_lock = threading.RLock()  # the write connection and its transaction
+        self._writer: int | None = None       # the thread inside transaction(), if any
         self._conn: psycopg.Connection | None = None
+        self._reader: psycopg.Connection | None = None
         self._pid = -1
-        self._in_transaction = False
         self._listener: _Listener | None = None
         self._connect()
 
@@ -113,7 +123,10 @@ class PostgresStore:
             self.channel = f"mlprefs:{schema}"[:63]
             lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
             # Two statements in one round trip each (no parameters: psycopg then allows it).
-            self._begin_locked = f"BEGIN; SELECT pg_advisory_xact_lock({lock_id})"
+            self.lock_id = lock_id
+            wait_ms = max(1, round(self.timeout * 1000))
+            self._begin_locked = (f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; "
+                                  f"SELECT pg_advisory_xact_lock({lock_id})")
             self._notify_commit = pgsql.SQL("SELECT pg_notify({}, 'commit'); COMMIT").format(
                 pgsql.Literal(self.channel))
             self._conn, self._pid = conn, os.getpid()
@@ -136,20 +149,30 @@ class PostgresStore:
 
     def _after_fork(self) -> None:
         """In a forked child: its own connections and listener, never the parent's sockets."""
-        self._conn, self._listener = None, None
+        self._conn, self._reader, self._listener = None, None, None
+        self._lock, self._write_lock, self._writer = threading.RLock(), threading.RLock(), None
         self._connect()
         assert self._listener is not None
         self._listener.changed.set()  # the view the child inherited may predate its LISTEN
 
     @property
     def conn(self) -> psycopg.Connection:
-        """The main connection: replaced after fork, or when it broke outside a transaction."""
+        """The write connection: replaced after fork, or when it broke outside a transaction."""
         if self._pid != os.getpid():
             self._after_fork()
-        elif self._conn is None or (self._conn.closed and not self._in_transaction):
+        elif self._conn is None or (self._conn.closed and self._writer is None):
             self._connect()
         assert self._conn is not None
         return self._conn
+
+    @property
+    def reader(self) -> psycopg.Connection:
+        """The read connection (opened on first use, replaced when it broke)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._reader is None or self._reader.closed:
+            self._reader = self._open("read")
+        return self._reader
 
     def _migrate(self) -> None:
         known = len(MIGRATIONS)
@@ -194,13 +217,15 @@ class PostgresStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PgConnection]:
         """A write transaction holding the store's write lock, so concurrent writers queue."""
-        with self._lock:
-            if self._in_transaction:
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._write_lock:
+            if self._writer is not None:
                 raise StoreError(f"{self.shown}: a write transaction is already open on this "
                                  f"thread; transactions do not nest")
             conn = self._begin()
             db = PgConnection(conn, psycopg.Error, self._error)
-            self._in_transaction = True
+            self._writer = threading.get_ident()
             try:
                 try:
                     yield db
@@ -214,21 +239,48 @@ class PostgresStore:
                                      f"connection dropped, the write may or may not be stored: "
                                      f"check the history") from e
             finally:
-                self._in_transaction = False
+                self._writer = None
 
     def _begin(self) -> psycopg.Connection:
         """BEGIN and take the write lock; a connection found dead here is replaced once."""
         for attempt in (1, 2):
             conn = self.conn
+            start = time.monotonic()
             try:
                 conn.execute(self._begin_locked)  # one round trip
                 return conn
+            except psycopg.errors.LockNotAvailable:
+                waited = time.monotonic() - start
+                self._rollback(conn)
+                raise StoreError(
+                    f"{self.shown}: gave up waiting for the write lock after {waited:.1f} s "
+                    f"(budget {self.timeout:g} s, MLPREFS_LOCK_TIMEOUT); it is held by "
+                    f"{self._lock_holder()}; nothing was changed") from None
             except psycopg.OperationalError as e:
                 self._rollback(conn)
                 if attempt == 2 or not conn.closed:
                     raise StoreError(f"{self.shown}: could not start a write: {_say(e)}") from e
                 log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown, _say(e))
         raise AssertionError("unreachable")
+
+    def _lock_holder(self) -> str:
+        """The session holding the store's advisory lock, from pg_locks, if it can be read."""
+        try:
+            with self._lock:
+                row = self.reader.execute(
+                    "SELECT a.pid, a.application_name, a.client_addr::text, a.usename, "
+                    "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float "
+                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND "
+                    "((l.classid::bigint << 32) | l.objid::bigint) = %s",
+                    [self.lock_id]).fetchone()
+        except psycopg.Error as e:
+            return f"another session (unknown which: {_say(e)})"
+        if row is None:
+            return "another session (it has just let go)"
+        pid, app, addr, user, age = row
+        return (f"server pid {pid} ({app or 'no application_name'}, user {user}, "
+                f"from {addr or 'a local socket'}, in its transaction for {age} s)")
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
@@ -243,19 +295,25 @@ class PostgresStore:
         """One statement. Outside a transaction a write gets one of its own (as SQLite's
         autocommit takes the write lock), and a read is retried once after a dropped
         connection."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._writer == threading.get_ident():  # see this transaction's pending rows
+            with self._write_lock:
+                return PgConnection(self.conn, psycopg.Error, self._error).execute(
+                    sql, params).fetchall()
+        if not is_read(translate(sql)):
+            with self.transaction() as db:
+                return db.execute(sql, params).fetchall()
         with self._lock:
-            read = is_read(translate(sql))
-            if not self._in_transaction and not read:
-                with self.transaction() as db:
-                    return db.execute(sql, params).fetchall()
-            db = PgConnection(self.conn, psycopg.Error, self._error)
+            db = PgConnection(self.reader, psycopg.Error, self._error)
             try:
                 return db.execute(sql, params).fetchall()
             except StoreError as e:
-                if self._in_transaction or not read or not db.raw.closed:
+                if not db.raw.closed:
                     raise
                 log.warning("mlprefs: %s; reconnecting", e)
-            return PgConnection(self.conn, psycopg.Error, self._error).execute(sql, params).fetchall()
+            return PgConnection(self.reader, psycopg.Error, self._error).execute(
+                sql, params).fetchall()
 
     def changed(self) -> bool:
         """True once after another client committed, or after LISTEN reconnected (a flag)."""
@@ -292,14 +350,15 @@ class PostgresStore:
             listener, self._listener = self._listener, None
             mine = self._pid == os.getpid()
             if listener is not None and mine:
-                listener.stop(self._conn)
-            if self._conn is not None and mine:
-                self._conn.close()
-            self._conn = None
+                listener.stop(self._reader if self._reader is not None else self._conn)
+            for conn in (self._conn, self._reader):
+                if conn is not None and mine:
+                    conn.close()
+            self._conn = self._reader = None
 
     def _notify(self, payload: str) -> None:
         with self._lock:
-            self.conn.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
+            self.reader.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
 
 
 class _Listener(threading.Thread):

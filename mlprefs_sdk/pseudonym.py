@@ -27,11 +27,15 @@ def load_secret(path: str) -> bytes:
         st = os.stat(path)
     except FileNotFoundError:
         return _create(path)
+    _regular(path, st.st_mode)
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("mlprefs: %s was readable by others (mode %o); tightened to 0600",
                     path, stat.S_IMODE(st.st_mode))
         os.chmod(path, 0o600)
-    with open(path, "rb") as f:
+    # O_NONBLOCK, then fstat: a FIFO swapped in after the stat must not block the open.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        _regular(path, os.fstat(fd).st_mode)
         key = f.read()
     if len(key) < 16:
         raise ValueError(f"{path}: pseudonymisation secret is too short ({len(key)} bytes); "
@@ -39,8 +43,19 @@ def load_secret(path: str) -> bytes:
     return key
 
 
+def _regular(path: str, mode: int) -> None:
+    """A secret that is a FIFO, a directory or a device would hang or break every read."""
+    if not stat.S_ISREG(mode):
+        from .locations import file_kind
+
+        raise ValueError(f"{path}: the pseudonymisation secret {file_kind(mode)}, not a regular "
+                         "file; move it aside and restore secret.key from backup")
+
+
 def _create(path: str) -> bytes:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    from .locations import make_private_dirs
+
+    make_private_dirs(os.path.dirname(path) or ".")  # 0700 whatever the umask
     key = secrets.token_bytes(SECRET_BYTES)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -11,7 +11,7 @@ import attrs
 from .catalog import Catalog, InvalidValue, KeySpec
 from .layers import Entry, Layer
 from .rules import check_rules
-from .values import Explanation, LayerValue, Problem, Source
+from .values import Explanation, LayerValue, Problem, Source, format_value
 
 __all__ = ["View", "resolve", "add_key"]
 
@@ -59,6 +59,8 @@ def resolve(catalog: Catalog, layers: Sequence[Layer]) -> tuple[View, list[Probl
     problems: list[Problem] = []
     unregistered: list[Problem] = []
     specs = catalog.specs()
+    where = _Where()
+    suggestions = SUGGEST_BUDGET
     for layer in layers:
         problems.extend(layer.problems)
         if layer.trusted:
@@ -70,13 +72,12 @@ def resolve(catalog: Catalog, layers: Sequence[Layer]) -> tuple[View, list[Probl
             spec = specs.get(key)
             if spec is None:
                 if key.startswith("ml.") or layer.name in ("locked", "org", "template"):
-                    problems.append(_unknown(catalog, key, entry))
+                    problems.append(_unknown(catalog, key, entry, where, suggestions > 0))
+                    suggestions -= 1
                 else:
                     # Perhaps a key a plugin registers later; it applies from then on.
-                    unregistered.append(Problem.for_value(
-                        key, entry.value, entry.source,
-                        "is not a registered key (ignored until registered)", "unregistered",
-                        severity="warning"))
+                    unregistered.append(where.problem(
+                        key, entry.value, entry.source, UNREGISTERED, "unregistered", "warning"))
                 continue
             value = _checked(spec, entry, problems)
             if value is not _INVALID:
@@ -138,7 +139,37 @@ def _checked(spec: KeySpec, entry: Entry, problems: list[Problem]) -> Any:
         return _INVALID
 
 
-def _unknown(catalog: Catalog, key: str, entry: Any) -> Problem:
-    near = catalog.suggest(key)
+UNREGISTERED = ("is not a registered key yet: the value is held, and applies from the moment "
+                "register() defines the key")
+SUGGEST_BUDGET = 100  # unknown keys per resolve that get a "did you mean" (each costs a catalog scan)
+_FILE_LAYERS = ("user-file", "project-file", "file", "defaults")
+
+
+class _Where:
+    """Problem.for_value for many keys of one file, computing the file's shown path once.
+
+    str(Source) calls os.path.relpath; for 100,000 keys of one file that was most of the
+    time Client() took.
+    """
+
+    def __init__(self) -> None:
+        self._shown: dict[tuple[str, str], str] = {}
+
+    def problem(self, key: str, value: Any, source: Source, reason: str, rule: str,
+                severity: str = "error") -> Problem:
+        if source.path is None:
+            return Problem.for_value(key, value, source, reason, rule, severity)
+        shown = self._shown.get((source.layer, source.path))
+        if shown is None:
+            shown = self._shown[(source.layer, source.path)] = str(attrs.evolve(source, line=None))
+        if source.line:  # "./a.toml (org)" -> "./a.toml:3 (org)", as Source.__str__ spells it
+            path, layer = (shown, "") if source.layer in _FILE_LAYERS else shown.rsplit(" ", 1)
+            shown = f"{path}:{source.line}" + (f" {layer}" if layer else "")
+        msg = f"{key} = {format_value(value)} in {shown} {reason}"
+        return Problem(key, value, msg, source, rule, severity)
+
+
+def _unknown(catalog: Catalog, key: str, entry: Any, where: _Where, suggest: bool) -> Problem:
+    near = catalog.suggest(key) if suggest else []
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
-    return Problem.for_value(key, entry.value, entry.source, "is not a known key" + hint, "unknown-key")
+    return where.problem(key, entry.value, entry.source, "is not a known key" + hint, "unknown-key")

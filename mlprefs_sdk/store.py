@@ -3,28 +3,52 @@
 Durability: WAL with synchronous=FULL, so a set() that returned survives a power cut.
 Concurrency: writers take the lock up front (BEGIN IMMEDIATE) and wait on busy_timeout, so
 several processes can write at once without a lost update or "database is locked".
+Reads have a connection of their own: a write waiting for another process's lock (up to
+MLPREFS_LOCK_TIMEOUT seconds, default 60) never holds up a read, a reload or history(); one
+that runs out of time is a StoreError naming the process that holds the lock, when it is known.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterator, Protocol, Sequence
+from urllib.parse import quote
 
 from ._migrations import MIGRATIONS
 from .errors import StoreError
 from .values import UNSET, HistoryEntry
 
-__all__ = ["Store", "SQLiteStore", "open_store", "UNSET"]
+__all__ = ["UNSET", "SQLiteStore", "Store", "integrity_check", "lock_holder", "lock_timeout", "open_store"]
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 60.0
+BUSY_TIMEOUT_S = 60.0        # how long a write waits for another writer, unless told otherwise
+_READ = re.compile(r"\s*(SELECT|PRAGMA\s+(user_version|data_version|integrity_check|"
+                   r"quick_check|journal_mode|page_count|freelist_count)\s*;?\s*$)",
+                   re.IGNORECASE)
+
+
+def lock_timeout() -> float:
+    """Seconds a write waits for another writer's lock: $MLPREFS_LOCK_TIMEOUT, else 60."""
+    raw = os.environ.get("MLPREFS_LOCK_TIMEOUT", "").strip()
+    if not raw:
+        return BUSY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise StoreError(f"MLPREFS_LOCK_TIMEOUT={raw!r} is not a number of seconds (0 or more); "
+                         f"unset it for the default of {BUSY_TIMEOUT_S:g}")
+    return value
 
 
 class Store(Protocol):
@@ -63,14 +87,24 @@ def _load(text: str | None) -> Any:
 
 
 class SQLiteStore:
-    """One connection per process, guarded by a lock; reopened after fork."""
+    """Two connections per process: writes (one at a time) and reads; reopened after fork.
 
-    def __init__(self, location: str) -> None:
+    A write holds `_write_lock` for its whole transaction, including the wait for another
+    process's lock; reads take only `_lock` on their own connection, so they never queue
+    behind that wait. The thread inside a write transaction reads through the write
+    connection, so it sees its own pending rows.
+    """
+
+    def __init__(self, location: str, timeout: float | None = None) -> None:
         self.location = location
-        self._lock = threading.RLock()
+        self.timeout = lock_timeout() if timeout is None else timeout
+        self._lock = threading.RLock()        # the read connection
+        self._write_lock = threading.RLock()  # the write connection and its transaction
+        self._writer: int | None = None       # the thread inside transaction(), if any
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._pid = -1
-        self._data_version = -1
+        self._data_version = self._writer_version = -1
         self._connect()
 
     # -- connection ---------------------------------------------------------------
@@ -78,8 +112,8 @@ class SQLiteStore:
         path = self.location
         if path != ":memory:":
             self._prepare_file(path)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
+        conn = self._open(path)
+        reader = None
         try:
             # The version is read before any pragma writes: a store from a newer mlprefs (or
             # a file that is not SQLite at all) is refused without being touched.
@@ -92,19 +126,36 @@ class SQLiteStore:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=ON")
             self._migrate(conn)
-            self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            # An in-memory database exists once per connection: it reads through the writer.
+            reader = conn if path == ":memory:" else self._open(path)
+            self._data_version = reader.execute("PRAGMA data_version").fetchone()[0]
+            self._writer_version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError as e:
-            conn.close()
-            raise StoreError(f"{path}: cannot open the store ({e})") from None
+            self._close_all(conn, reader)
+            raise _open_error(path, e)
         except sqlite3.DatabaseError as e:
-            conn.close()
+            self._close_all(conn, reader)
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF == SQLITE_CORRUPT or "malformed" in str(e):
+                raise damaged(path, e) from None
             raise StoreError(f"{path}: not an mlprefs store ({e}); move it aside or point "
                              f"MLPREFS_STORE at another file") from None
         except BaseException:
-            conn.close()
+            self._close_all(conn, reader)
             raise
-        self._conn, self._pid = conn, os.getpid()
+        self._conn, self._reader, self._pid = conn, reader, os.getpid()
         return conn
+
+    def _open(self, path: str) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(path, timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as e:
+            raise _open_error(path, e)
+
+    @staticmethod
+    def _close_all(*conns: sqlite3.Connection | None) -> None:
+        for c in {id(c): c for c in conns if c is not None}.values():
+            c.close()
 
     def _check_version(self, conn: sqlite3.Connection) -> None:
         known = len(MIGRATIONS)
@@ -118,23 +169,26 @@ class SQLiteStore:
     @staticmethod
     def _prepare_file(path: str) -> None:
         """Create the directory and an empty 0600 file, so no other user can read the store."""
+        from .locations import make_private_dirs
+
         directory = os.path.dirname(path) or "."
         try:
-            os.makedirs(directory, exist_ok=True)
+            make_private_dirs(directory)  # 0700 whatever the umask
+            if os.path.isdir(path):
+                raise IsADirectoryError(21, "it is a directory, not a store file", path)
             if not os.path.exists(path):
                 fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
         except OSError as e:
-            raise StoreError(
+            raise StoreError(  # the OSError stays chained: it says what kind of problem
                 f"cannot create the store {path}: {e.strerror or e}; set MLPREFS_HOME or "
-                f"MLPREFS_STORE to a writable location"
-            ) from None
+                f"MLPREFS_STORE to a writable location") from e
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         known = len(MIGRATIONS)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         while version < known:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version < known:  # another process may have migrated meanwhile
@@ -152,13 +206,28 @@ class SQLiteStore:
                 self._rollback(conn)
                 raise
 
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks and connections, never the parent's."""
+        self._lock, self._write_lock = threading.RLock(), threading.RLock()
+        self._writer = None
+        self._conn = self._reader = None
+        self._connect()
+
     @property
     def conn(self) -> sqlite3.Connection:
+        """The write connection (services' transactions run on it)."""
         if self._pid != os.getpid():  # forked: never share a connection with the parent
-            self._conn = None
-            self._connect()
+            self._after_fork()
         assert self._conn is not None
         return self._conn
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The read connection: it never waits for a writer (WAL)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        assert self._reader is not None
+        return self._reader
 
     @property
     def schema_version(self) -> int:
@@ -168,21 +237,42 @@ class SQLiteStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; the lock is taken up front so concurrent writers queue."""
-        with self._lock:
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._write_lock:
             conn = self.conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise StoreError(f"{self.location}: could not start a write: {e}") from None
+            outer = self._writer
+            self._begin(conn)
+            self._writer = threading.get_ident()
             try:
                 yield conn
                 conn.execute("COMMIT")
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
                 self._rollback(conn)
+                if _damaged(e):
+                    raise damaged(self.location, e) from None
+                if not isinstance(e, sqlite3.OperationalError):
+                    raise  # a constraint the caller may handle
                 raise StoreError(f"{self.location}: write failed, nothing was changed: {e}") from None
             except BaseException:
                 self._rollback(conn)
                 raise
+            finally:
+                self._writer = outer
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE: wait up to the budget for the write lock, then say who holds it."""
+        start = time.monotonic()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            waited = time.monotonic() - start
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise StoreError(f"{self.location}: could not start a write: {e}") from None
+            raise StoreError(
+                f"{self.location}: gave up waiting for the write lock after {waited:.1f} s "
+                f"(budget {self.timeout:g} s, MLPREFS_LOCK_TIMEOUT); it is held by "
+                f"{lock_holder(self.location)}; nothing was changed") from None
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -190,17 +280,49 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+        """One statement: reads on the read connection (or, inside this thread's write
+        transaction, on the write connection, to see its pending rows); writes on the writer."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        try:
+            if self._writer == threading.get_ident() or not _READ.match(sql):
+                with self._write_lock:
+                    return self.conn.execute(sql, params).fetchall()
+            with self._lock:
+                return self.reader.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                raise damaged(self.location, e) from None
+            if isinstance(e, sqlite3.OperationalError):  # e.g. still locked after the budget
+                raise StoreError(f"{self.location}: {e} (held by {lock_holder(self.location)}; "
+                                 f"budget {self.timeout:g} s, MLPREFS_LOCK_TIMEOUT)"
+                                 if "locked" in str(e) else f"{self.location}: {e}") from None
+            raise
+
+    def integrity(self, limit: int = 20) -> list[str]:
+        """PRAGMA integrity_check: ["ok"], or up to `limit` problems (for doctor)."""
+        return integrity_check(self.location, limit)
 
     def changed(self) -> bool:
-        """True once after another connection committed (PRAGMA data_version, ~1.5 us)."""
+        """True once after another connection committed (PRAGMA data_version, ~1.5 us).
+
+        The read connection sees our own writes as another connection's; the write
+        connection does not. So a change the reader sees is confirmed on the writer when it
+        is free, and reported as is when a write is under way (a spurious re-read at worst).
+        """
         with self._lock:
-            v = self.conn.execute("PRAGMA data_version").fetchone()[0]
-            if v != self._data_version:
-                self._data_version = v
-                return True
-            return False
+            v = self.reader.execute("PRAGMA data_version").fetchone()[0]
+            if v == self._data_version:
+                return False
+            self._data_version = v
+        if self._conn is self._reader or not self._write_lock.acquire(blocking=False):
+            return True
+        try:
+            w = self.conn.execute("PRAGMA data_version").fetchone()[0]
+            foreign, self._writer_version = w != self._writer_version, w
+            return foreign
+        finally:
+            self._write_lock.release()
 
     def health(self) -> dict[str, Any]:
         """Backend, round-trip latency and how other clients' changes arrive (for doctor)."""
@@ -214,9 +336,9 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            if self._pid == os.getpid():
+                self._close_all(self._conn, self._reader)
+            self._conn = self._reader = None
 
     # -- preferences -------------------------------------------------------------
     def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]:
@@ -299,3 +421,104 @@ class SQLiteStore:
 def _entry(row: tuple) -> HistoryEntry:
     id_, scope, key, old, new, at, actor, reason, scope_id = row
     return HistoryEntry(id_, scope, key, _load(old), _load(new), at, actor, reason, scope_id)
+
+
+def _located(err: StoreError, code: int | None, path: str) -> StoreError:
+    """Chain the path problem behind a StoreError as its __cause__ (an OSError with errno and
+    file name), so a caller can tell an unusable location (EISDIR, EACCES...) from a damaged
+    store without parsing the message."""
+    err.__cause__ = OSError(code, os.strerror(code), path) if code is not None else None
+    err.__suppress_context__ = True
+    return err
+
+
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
+def _damaged(e: sqlite3.Error) -> bool:
+    """A corrupt database (damaged pages), as opposed to a busy, full or misused one."""
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB) or \
+        "malformed" in str(e)
+
+
+def damaged(path: str, e: sqlite3.Error) -> StoreError:
+    """The error for a store whose pages are damaged: where it is and what to do."""
+    return StoreError(
+        f"{path}: the store is damaged ({e}); see `mlprefs doctor` for its integrity report, "
+        f"then restore it from a backup, or move it aside (a new empty store is created) after "
+        f"saving what can still be read: sqlite3 {path} .recover > prefs.sql")
+
+
+def integrity_check(path: str, limit: int = 20) -> list[str]:
+    """SQLite's integrity report of a store file, read-only: ["ok"] or the problems found.
+
+    Works on a file too damaged for a Client to open; a file that cannot be checked at all
+    gives one line saying why.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True,
+                               timeout=5)
+    except sqlite3.Error as e:
+        return [f"cannot be read: {e}"]
+    try:
+        rows = conn.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+        return [str(r[0]) for r in rows] or ["ok"]
+    except sqlite3.DatabaseError as e:
+        return [f"cannot be checked: {e}"]
+    finally:
+        conn.close()
+
+
+def _open_error(path: str, e: sqlite3.Error) -> StoreError:
+    """A store that cannot be opened, named, with what to do about it (raise it as is)."""
+    code = None
+    if os.path.isdir(path):
+        why, code = "it is a directory, not a store file", errno.EISDIR
+    elif not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        why, code = f"its directory is not writable ({e})", errno.EACCES
+    else:
+        why = str(e)
+    return _located(StoreError(f"{path}: cannot open the store: {why}; move it aside, or set "
+                               f"MLPREFS_STORE (or MLPREFS_HOME) to a writable file location"),
+                    code, path)
+
+
+def lock_holder(path: str) -> str:
+    """Who holds the store's write lock, from /proc/locks (Linux, this host); else unknown.
+
+    SQLite in WAL mode takes the write lock as a POSIX lock on byte 120 of the -shm file
+    (in rollback-journal mode, the RESERVED byte of the database file itself).
+    """
+    targets = []
+    for name, starts in ((path + "-shm", ("120",)), (path, ("1073741825",))):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        targets.append((f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}",
+                        starts))
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "another process (unknown which: no /proc/locks here)"
+    for line in lines:
+        parts = line.split()
+        if "->" in parts or len(parts) < 8 or parts[1] not in ("POSIX", "OFDLCK"):
+            continue
+        kind, pid, ident, start = parts[3], parts[4], parts[5], parts[6]
+        for target, starts in targets:
+            if kind == "WRITE" and ident == target and start in starts:
+                if pid == str(os.getpid()):
+                    return f"this process (pid {pid}, another connection)"
+                return f"pid {pid} ({_command(pid)})"
+    return "another process (unknown which: it may run on another host)"
+
+
+def _command(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "command unknown"
+    return cmd[:120] or "command unknown"

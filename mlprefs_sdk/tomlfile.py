@@ -1,48 +1,136 @@
 """Reading TOML override files into flat dotted keys, each with the line it was written on.
 
-tomllib gives values but no positions, so a small scanner maps each dotted key to its line.
+tomllib gives values but no positions, so a small scanner (_tomllines) maps each key path to
+its line.
+Reading never blocks and never recurses: a FIFO, a directory or a socket at a followed path
+is refused (stat first, open with O_NONBLOCK, fstat the open file), and tables are walked
+with an explicit stack, so a key 5,000 segments deep is an ordinary key.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import tomllib
 from typing import Any, Iterator, Mapping
 
 import attrs
 
+from ._tomllines import deepest_line, path_lines
 from .errors import ConfigFileError
+from .locations import file_kind
 from .values import Problem, Source, show_path
 
-__all__ = ["TomlDoc", "read_toml", "parse_toml", "key_lines", "flatten", "unflatten"]
+__all__ = ["TomlDoc", "read_toml", "read_bytes", "parse_toml", "key_lines", "flatten", "unflatten"]
 
 _POS = re.compile(r"\(at line (\d+), column (\d+)\)")
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
+META_FIELDS = ("name", "template")  # [project] entries that must be strings
+MAX_FILE_BYTES = 16 << 20  # a preferences file beyond this is refused, not parsed for seconds
 
 
 @attrs.frozen
 class TomlDoc:
-    """A parsed file: flat keys with their lines, plus metadata tables kept apart."""
+    """A parsed file: flat keys with their lines, metadata tables kept apart, and the
+    problems found in the metadata (a bad [project] entry is left out of `meta`)."""
 
     path: str
     values: Mapping[str, tuple[Any, int | None]]
     meta: Mapping[str, Any]
+    problems: tuple[Problem, ...] = ()
 
 
 def read_toml(path: str, section: str | None = None, meta_table: str = "project") -> TomlDoc | None:
     """None when the file does not exist; ConfigFileError when it cannot be read or parsed."""
+    raw = read_bytes(path)
+    if raw is None:
+        return None
+    return parse_toml(decode(raw, path), path, section, meta_table)
+
+
+def _kind(mode: int) -> str:
+    kind = file_kind(mode)
+    return f"{kind}, not a TOML file" if stat.S_ISDIR(mode) else f"{kind}, not a regular file"
+
+
+def _os_reason(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "is a symlink loop (too many levels of symbolic links)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "is not readable by this user (permission denied)"
+    if e.errno == errno.ENOTDIR:
+        return "cannot be reached: a parent of it is not a directory"
+    if e.errno == errno.EISDIR:
+        return _kind(stat.S_IFDIR)
+    return f"cannot read file: {e.strerror or e}"
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The bytes of the regular file at path, or None when nothing is there.
+
+    Never blocks: stat first, open with O_NONBLOCK, and fstat the opened descriptor (the path
+    may have been swapped for a FIFO in between). Anything else that sits at the path — a
+    directory, FIFO, socket, device, symlink loop, dangling symlink, or a file this user may
+    not read — is a ConfigFileError naming the path and what is there.
+    """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise _file_error(path, None, None, "is a symlink whose target does not exist") from None
         return None
     except OSError as e:
-        raise _file_error(path, None, None, f"cannot read file: {e.strerror or e}") from None
+        raise _file_error(path, None, None, _os_reason(e)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _file_error(path, None, None, _kind(st.st_mode))
+    if st.st_size > MAX_FILE_BYTES:
+        raise _too_big(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None  # removed between stat and open: as if never there
+    except OSError as e:
+        raise _file_error(path, None, None, _os_reason(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _file_error(path, None, None, _kind(st.st_mode))
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:  # it grew after the stat
+                raise _too_big(path)
+            chunks.append(chunk)
+    except OSError as e:
+        raise _file_error(path, None, None, _os_reason(e)) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _too_big(path: str) -> ConfigFileError:
+    return _file_error(path, None, None, f"is larger than {MAX_FILE_BYTES >> 20} MiB; a preferences "
+                                         "file that size is refused")
+
+
+def decode(raw: bytes, path: str) -> str:
+    """UTF-8 text without a leading BOM; a bad byte is a ConfigFileError at its line."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _file_error(path, None, None, f"not UTF-8 text ({e.reason})") from None
-    return parse_toml(text, path, section, meta_table)
+        line = raw.count(b"\n", 0, e.start) + 1
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        column = len(raw[start:e.start].decode("utf-8", "replace")) + 1
+        reason = f"not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})"
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            reason = "is UTF-16 text; TOML files are UTF-8: save it as UTF-8"
+        raise _file_error(path, line, column, reason) from None
+    return text.removeprefix("\ufeff")
 
 
 def parse_toml(text: str, path: str, section: str | None = None, meta_table: str = "project") -> TomlDoc:
@@ -56,19 +144,58 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
             line = text.count("\n") + 1
         reason = _POS.sub("", str(e)).replace("(at end of document)", "at end of file").strip()
         raise _file_error(path, line, col, reason) from None
-    lines = key_lines(text)
-    prefix = ""
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise _file_error(path, deepest_line(text), None,
+                          "arrays or inline tables are nested too deeply to read") from None
+    lines = path_lines(text)
+    prefix: tuple[str, ...] = ()
+    problems: list[Problem] = []
     if section is not None:
         for part in section.split("."):
             data = data.get(part, {}) if isinstance(data, dict) else {}
-        prefix = section + "."
-    meta = data.get(meta_table, {}) if meta_table and isinstance(data.get(meta_table), dict) else {}
-    values = {}
-    for key, value in flatten(data):
-        if meta_table and key.startswith(meta_table + "."):
+        prefix = tuple(section.split("."))
+        if not isinstance(data, dict):
+            raise _file_error(path, lines.get(prefix), None, f"{section} must be a table")
+    meta: dict[str, Any] = {}
+    if meta_table and meta_table in data:
+        meta, problems = _meta(data[meta_table], meta_table, path, prefix, lines)
+    values: dict[str, tuple[Any, int | None]] = {}
+    for keypath, value in _walk(data):
+        if meta_table and keypath[0] == meta_table:
             continue
-        values[key] = (value, lines.get(prefix + key))
-    return TomlDoc(path, values, meta)
+        key = ".".join(keypath)
+        line = lines.get(prefix + keypath)
+        if key in values:  # "ml.training".rate and ml.training.rate name the same key
+            first = values[key][1]
+            problems.append(Problem.for_value(
+                key, value, Source("file", path, line),
+                f"is written twice: a quoted key with a dot names the same key as the one "
+                f"{f'at line {first}' if first else 'before it'}, which is used", "duplicate-key"))
+            continue
+        values[key] = (value, line)
+    return TomlDoc(path, values, meta, tuple(problems))
+
+
+def _meta(table: Any, name: str, path: str, prefix: tuple[str, ...],
+          lines: Mapping[tuple[str, ...], int]) -> tuple[dict[str, Any], list[Problem]]:
+    """The [project] table's entries; name and template must be strings (a list or a table
+    would reach the store as a scope id, or the template lookup as a key)."""
+    if not isinstance(table, dict):
+        source = Source("file", path, lines.get(prefix + (name,)))
+        return {}, [Problem.for_value(name, table, source,
+                                      f"must be a table ([{name}]), not {_type(table)}", "type")]
+    meta, problems = dict(table), []
+    for field in META_FIELDS:
+        if field in meta and not isinstance(meta[field], str):
+            value = meta.pop(field)
+            source = Source("file", path, lines.get(prefix + (name, field)))
+            problems.append(Problem.for_value(f"{name}.{field}", value, source,
+                                              f"has type {_type(value)}, expected str", "type"))
+    return meta, problems
+
+
+def _type(value: Any) -> str:
+    return "table" if isinstance(value, dict) else "array" if isinstance(value, list) else type(value).__name__
 
 
 def _file_error(path: str, line: int | None, col: int | None, reason: str) -> ConfigFileError:
@@ -79,13 +206,24 @@ def _file_error(path: str, line: int | None, col: int | None, reason: str) -> Co
     return ConfigFileError(path, line, col, reason, [problem])
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if isinstance(value, dict):
-            yield from flatten(value, key)
+def _walk(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(key path, leaf value) for every leaf, depth first, with an explicit stack."""
+    stack = [(prefix, iter(data.items()))]
+    while stack:
+        path, items = stack[-1]
+        for name, value in items:
+            if isinstance(value, dict):
+                stack.append((path + (name,), iter(value.items())))
+                break
+            yield path + (name,), value
         else:
-            yield key, value
+            stack.pop()
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested tables as (dotted key, value) pairs; any depth, no recursion."""
+    for path, value in _walk(data, tuple(prefix.split(".")) if prefix else ()):
+        yield ".".join(path), value
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,81 +238,6 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _split_key(s: str) -> tuple[list[str], str] | None:
-    """Parse a (dotted, maybe quoted) TOML key at the start of s; return parts and the rest."""
-    parts, i, n = [], 0, len(s)
-    while True:
-        while i < n and s[i] in " \t":
-            i += 1
-        if i < n and s[i] in "\"'":
-            q = s[i]
-            j = s.find(q, i + 1)
-            if j < 0:
-                return None
-            parts.append(s[i + 1 : j])
-            i = j + 1
-        else:
-            m = _BARE.match(s, i)
-            if not m:
-                return None
-            parts.append(m.group())
-            i = m.end()
-        while i < n and s[i] in " \t":
-            i += 1
-        if i < n and s[i] == ".":
-            i += 1
-            continue
-        return parts, s[i:]
-
-
 def key_lines(text: str) -> dict[str, int]:
     """Map every dotted key (tables joined with their keys) to its 1-based line number."""
-    out: dict[str, int] = {}
-    table: list[str] = []
-    depth = 0  # open brackets of a multi-line array
-    in_string: str | None = None
-    for no, line in enumerate(text.splitlines(), 1):
-        if in_string:
-            if in_string in line:
-                in_string = None
-            continue
-        stripped = line.strip()
-        if depth:
-            depth += stripped.count("[") - stripped.count("]")
-            continue
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.startswith("[["):
-            table = []  # arrays of tables hold no preference keys
-            continue
-        if stripped.startswith("["):
-            parsed = _split_key(stripped[1:])
-            if parsed:
-                table = parsed[0]
-                out.setdefault(".".join(table), no)
-            continue
-        parsed = _split_key(stripped)
-        if not parsed or not parsed[1].lstrip().startswith("="):
-            continue
-        full = ".".join(table + parsed[0])
-        out[full] = no
-        value = parsed[1].lstrip()[1:].strip()
-        for q in ('"""', "'''"):
-            if value.startswith(q) and value.count(q) == 1:
-                in_string = q
-        if value.startswith("["):
-            depth = value.count("[") - value.count("]")
-        elif value.startswith("{"):
-            inner = _inline_keys(value)
-            for k in inner:
-                out.setdefault(full + "." + k, no)
-    return out
-
-
-def _inline_keys(value: str) -> list[str]:
-    """Dotted keys inside a one-line inline table, best effort (for line numbers only)."""
-    try:
-        data = tomllib.loads("x = " + value)["x"]
-    except tomllib.TOMLDecodeError:
-        return []
-    return [k for k, _ in flatten(data)] if isinstance(data, dict) else []
+    return {".".join(path): line for path, line in path_lines(text).items()}

@@ -317,3 +317,54 @@ def test_rule_5_a_batch_size_that_is_not_a_power_of_two_is_only_a_warning(projec
 def test_a_power_of_two_batch_size_gives_no_warning(project_dir):
     with _client_with(project_dir, "ml.performance.batch_size = 64\n") as prefs:
         assert prefs.warnings == ()
+
+
+def test_did_you_mean_is_bounded_to_the_first_unknown_keys_of_a_resolve(catalog):
+    from mlprefs_sdk.layers import defaults_layer, mapping_layer
+    from mlprefs_sdk.resolve import SUGGEST_BUDGET, resolve
+
+    typos = {f"ml.training.learnin_rate{i}": 0.1 for i in range(SUGGEST_BUDGET + 50)}
+    _, problems = resolve(catalog, [defaults_layer(catalog), mapping_layer("file", typos)])
+    hinted = [p for p in problems if "did you mean ml.training.learning_rate" in p.message]
+    assert len(problems) == SUGGEST_BUDGET + 50
+    assert hinted == problems[:SUGGEST_BUDGET]
+
+
+def test_a_validation_error_lists_20_problems_and_counts_the_rest(catalog):
+    from mlprefs_sdk.values import Problem
+
+    problems = [Problem(f"k{i}", i, f"k{i} is wrong") for i in range(25)]
+    lines = str(ValidationError(problems)).splitlines()
+    assert lines[0] == "25 problems found in mlprefs preferences:"
+    assert lines[1:21] == [f"  k{i} is wrong" for i in range(20)]
+    assert lines[21:] == ["  ... and 5 more problems (every one is in .problems)"]
+
+
+@pytest.fixture(scope="module")
+def large_catalog() -> Catalog:
+    """The packaged keys plus 10,000 registered ones: past the size where suggest() scores all."""
+    large = Catalog.packaged()
+    for i in range(10_000):
+        large.register(KeySpec.build(f"team.group{i % 100}.metric_{i}", "int", 1))
+    return large
+
+
+@pytest.mark.parametrize("key,suggestion", [
+    ("ml.training.batch", "ml.performance.batch_size"),
+    ("ml.training.learning_rat", "ml.training.learning_rate"),
+    ("ml.perf.batch_size", "ml.performance.batch_size"),
+    ("ml.training.patience", "ml.training.early_stopping_patience"),
+    ("ml.global.enable", "ml.global.enabled"),
+    ("ml.data.retention", "ml.data.retention_days"),
+    ("ml.training.lr", "ml.training.learning_rate"),
+    ("team.group7.metric_7x", "team.group7.metric_7"),
+])
+def test_a_catalog_of_10000_keys_still_suggests_the_nearest_key(large_catalog, key, suggestion):
+    assert suggestion in large_catalog.suggest(key)
+
+
+def test_a_large_catalog_scores_a_bounded_number_of_candidates(large_catalog):
+    from mlprefs_sdk.catalog import CANDIDATES, SCAN_ALL
+
+    assert len(large_catalog) > SCAN_ALL
+    assert len(large_catalog._candidates("team.group7.metric_7x")) <= 4 * CANDIDATES

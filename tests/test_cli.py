@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -373,3 +374,76 @@ def test_a_closed_pipe_is_not_an_error(home):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=60)
     assert out.startswith("ml.") and "BrokenPipe" not in err
+
+
+# -- conventions: --version, global options anywhere, help with an example -------------------
+
+
+def test_version_prints_the_version(capsys):
+    from mlprefs_sdk import __version__
+
+    assert run(capsys, "--version") == (0, f"mlprefs {__version__}\n", "")
+
+
+def test_global_options_are_accepted_after_the_verb(home, tmp_path, capsys):
+    store = tmp_path / "other.db"
+    argv = ["set", BATCH, "64", "--store", str(store), "--user", "bob", "--json"]
+    code, out, err = run(capsys, *argv)
+    assert (code, err) == (0, "") and json.loads(out)["actor"] == "bob"
+    assert run_json(capsys, "get", BATCH, f"--store={store}", "--user=bob") == \
+        (0, {"key": BATCH, "value": 64})
+    assert run(capsys, "get", BATCH, "--json", "-v")[1] == json.dumps({"key": BATCH, "value": 32}) + "\n"
+    code, out, _ = run(capsys, "set", BATCH, "8", "--scope", "project", "--project", "vision")
+    assert code == 0 and run(capsys, "--project", "vision", "get", BATCH)[1] == "8\n"
+
+
+def test_a_global_option_given_before_the_verb_is_kept(home, capsys):
+    assert run(capsys, "--json", "templates", "list")[1].startswith("[")
+
+
+def _every_verb_help():
+    from mlprefs_sdk.cli import build_parser, iter_verbs
+
+    for path, parser in iter_verbs(build_parser()):
+        yield " ".join(path), parser
+
+
+@pytest.mark.parametrize("verb", [name for name, _ in _every_verb_help()])
+def test_every_verb_help_describes_each_argument_and_ends_with_an_example(verb, capsys):
+    parser = dict(_every_verb_help())[verb]
+    undocumented = [a.dest for a in parser.arguments if not a.help]
+    assert undocumented == [], f"mlprefs {verb}: arguments without help text"
+    code, out, _ = run(capsys, *verb.split(), "--help")
+    lines = out.rstrip().splitlines()
+    assert code == 0 and lines[-2] == "example:", lines[-3:]
+    assert lines[-1].startswith(f"  mlprefs {verb}")
+
+
+def test_the_examples_in_the_help_parse(home):
+    from mlprefs_sdk.cli import build_parser
+
+    parser = build_parser()
+    for verb, p in _every_verb_help():
+        example = p.epilog.splitlines()[-1].split(">")[0]  # no shell redirection
+        parser.parse_args(shlex.split(example)[1:])  # a usage error raises
+
+
+def test_doctor_on_a_store_with_damaged_pages_prints_its_integrity_report(home, capsys):
+    from test_store import damage_history_pages
+
+    db = home / "prefs.db"
+    damage_history_pages(db)
+    code, out, err = run(capsys, "doctor")
+    assert (code, err) == (2, "")
+    assert "integrity FAILED" in out and "malformed" in out
+    assert f"what to do: restore {db} from a backup" in out
+    code, data = run_json(capsys, "doctor")
+    assert code == 2 and data["store"]["integrity"] == "FAILED"
+    assert data["store"]["integrity_problems"]
+
+
+def test_a_directory_given_as_the_store_exits_1_naming_it(home, tmp_path, capsys):
+    code, out, err = run(capsys, "--store", str(tmp_path), "get", LR)
+    assert code == 1 and err == (f"mlprefs: cannot create the store {tmp_path}: it is a "
+                                 "directory, not a store file; set MLPREFS_HOME or MLPREFS_STORE "
+                                 "to a writable location\n")

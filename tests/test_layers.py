@@ -397,3 +397,112 @@ def test_construction_reports_every_problem_in_every_source_at_once(home, projec
         'ml.global.enabled = "maybe" in env (MLPREFS__ML__GLOBAL__ENABLED) cannot be read as bool',
         "ml.performance.speed_priority = 2 in runtime (override) is above the maximum 1.0",
     ])
+
+
+# -- discovery never skips what sits at a project file's name -----------------------------
+
+
+def test_a_directory_named_mlprefs_toml_is_an_error_not_a_fall_back_to_pyproject(home, project_dir):
+    (project_dir / "pyproject.toml").write_text("[tool.mlprefs]\nml.training.learning_rate = 0.05\n")
+    (project_dir / "mlprefs.toml").mkdir()
+    with pytest.raises(ConfigFileError) as e:
+        Client()
+    assert e.value.path == str(project_dir / "mlprefs.toml")
+    assert "is a directory" in e.value.reason
+
+
+def test_a_symlink_loop_named_mlprefs_toml_in_a_parent_is_an_error(home, project_dir, monkeypatch):
+    (project_dir / "mlprefs.toml").symlink_to(project_dir / "mlprefs.toml")
+    deep = project_dir / "src"
+    deep.mkdir()
+    monkeypatch.chdir(deep)
+    with pytest.raises(ConfigFileError, match=r"mlprefs.toml: cannot parse TOML: is a symlink loop"):
+        Client()
+
+
+def test_a_pyproject_with_tool_mlprefs_that_is_not_utf8_is_an_error_with_its_line(home, project_dir):
+    (project_dir / "pyproject.toml").write_bytes(b"[tool.mlprefs]\n# caf\xe9\n")
+    with pytest.raises(ConfigFileError) as e:
+        Client()
+    assert (e.value.path, e.value.line) == (str(project_dir / "pyproject.toml"), 2)
+
+
+# -- unregistered keys --------------------------------------------------------------------
+
+
+def test_the_unregistered_warning_says_the_value_is_held_and_applies_once_registered(home, project_dir):
+    (project_dir / "mlprefs.toml").write_text("[team.eval]\nevery_n_steps = 250\n")
+    with Client() as prefs:
+        (warning,) = prefs.warnings
+        assert str(warning) == ("team.eval.every_n_steps = 250 in ./mlprefs.toml:2 is not a registered "
+                                "key yet: the value is held, and applies from the moment register() "
+                                "defines the key")
+        assert "ignored" not in str(warning)
+
+
+@pytest.mark.parametrize("policy,key", [
+    ('[defaults]\n"ml.training.learnin_rate" = 0.1\n', "ml.training.learnin_rate"),
+    ("[locked]\nml.nope.x = 1\n", "ml.nope.x"),
+])
+def test_unknown_key_messages_spell_the_source_as_problem_for_value_does(home, policy_file,
+                                                                          policy, key):
+    from mlprefs_sdk.values import Problem
+
+    policy_file.write_text(policy)
+    with pytest.raises(ValidationError) as e:
+        Client()
+    (problem,) = e.value.problems
+    reason = problem.message.split(f" in {problem.source} ", 1)[1]
+    assert problem.key == key and problem.source.line == 2
+    assert problem.message == Problem.for_value(key, problem.value, problem.source, reason,
+                                                problem.rule).message
+
+
+# -- file modes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_zero():
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+def test_a_new_home_is_created_0700_and_its_secrets_0600_whatever_the_umask(tmp_path, home,
+                                                                           monkeypatch, umask_zero):
+    from mlprefs_sdk.pseudonym import load_secret
+
+    new_home = tmp_path / "fresh" / "nested" / "home"
+    monkeypatch.setenv("MLPREFS_HOME", str(new_home))
+    with Client() as prefs:
+        prefs.set(LR, 0.01)
+        load_secret(prefs.locations.secret)
+    for d in (tmp_path / "fresh", tmp_path / "fresh" / "nested", new_home):
+        assert oct(d.stat().st_mode & 0o777) == "0o700", d
+    files = sorted(p.name for p in new_home.iterdir())
+    assert "secret.key" in files and "prefs.db" in files
+    for name in files:
+        assert oct((new_home / name).stat().st_mode & 0o777) == "0o600", name
+
+
+def test_an_existing_home_keeps_its_mode(home, umask_zero):
+    home.chmod(0o750)
+    with Client() as prefs:
+        prefs.set(LR, 0.01)
+    assert oct(home.stat().st_mode & 0o777) == "0o750"
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory"])
+def test_a_secret_key_that_is_not_a_regular_file_is_an_error_not_a_hang(tmp_path, kind):
+    import signal
+
+    from mlprefs_sdk.pseudonym import load_secret
+
+    path = tmp_path / "secret.key"
+    os.mkfifo(path) if kind == "FIFO" else path.mkdir()
+    signal.alarm(20)  # a hang fails the test instead of stalling the suite
+    try:
+        with pytest.raises(ValueError, match=f"secret.key: the pseudonymisation secret is a {kind}"):
+            load_secret(str(path))
+    finally:
+        signal.alarm(0)

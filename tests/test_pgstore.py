@@ -6,7 +6,11 @@ except the translation tests needs a server (MLPREFS_TEST_PG, see tests/pgtest.p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -244,3 +248,65 @@ def test_doctor_reports_the_postgresql_backend_and_its_notifications(url, capsys
     assert main(["--store", url, "doctor"]) == 0
     out = capsys.readouterr().out
     assert "store latency" in out and "a NOTIFY came back in" in out
+
+
+PG_HOLDER = """
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True, application_name="lock-holder")
+conn.execute("BEGIN")
+conn.execute("SELECT pg_advisory_xact_lock(%s)", [int(sys.argv[2])])
+print("held", flush=True)
+sys.stdin.readline()  # hold the store's write lock until the test says so
+conn.execute("COMMIT")
+"""
+
+
+@contextlib.contextmanager
+def foreign_write_lock(url: str, lock_id: int):
+    """Another process holding the store's advisory write lock until the block ends."""
+    with subprocess.Popen([sys.executable, "-c", PG_HOLDER, url, str(lock_id)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline() == "held\n"
+            yield proc
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+
+def test_a_reload_and_history_carry_on_while_a_set_waits_for_another_host(url, project_dir):
+    (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 10\n")
+    with Client(store=url, user="alice") as prefs:
+        prefs.set(BATCH, 16)
+        with foreign_write_lock(url, prefs.store.lock_id):
+            done = threading.Event()
+            wrote: dict = {}
+            writer = threading.Thread(
+                target=lambda: (wrote.setdefault("entry", prefs.set(BATCH, 64)), done.set()),
+                daemon=True)
+            writer.start()
+            writer.join(0.3)
+            assert writer.is_alive()
+            (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 20\n")
+            reloader = threading.Thread(target=prefs.reload, daemon=True)
+            reloader.start()
+            reloader.join(30)  # the foreign lock is held until we leave the block
+            assert not reloader.is_alive()
+            assert prefs.get("ml.training.max_iterations") == 20
+            assert [e.new for e in prefs.history(BATCH)] == [16]
+            assert not done.is_set()
+        writer.join(30)
+    assert wrote["entry"].new == 64
+
+
+def test_a_set_that_cannot_get_the_lock_in_its_budget_names_the_holding_session(url, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "0.5")
+    with Client(store=url, user="alice") as prefs:
+        with foreign_write_lock(url, prefs.store.lock_id):
+            with pytest.raises(StoreError) as e:
+                prefs.set(BATCH, 64)
+        prefs.set(BATCH, 128)  # the connection is usable again once the lock is free
+    message = str(e.value)
+    assert "gave up waiting for the write lock after 0." in message
+    assert "it is held by server pid " in message and "(lock-holder, user " in message
+    assert message.endswith("nothing was changed")

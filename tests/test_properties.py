@@ -53,8 +53,8 @@ def _valid_values(spec: KeySpec):
     if spec.type is bool:
         return st.booleans()
     if spec.type is str:
-        if spec.choices:
-            return st.sampled_from(spec.choices)
+        if spec.choices:  # a nonempty key's choices may include " ", which it refuses
+            return st.sampled_from([c for c in spec.choices if c.strip() or not spec.nonempty])
         return st.text(min_size=1).filter(lambda s: s.strip() or not spec.nonempty)
     lo = spec.min if spec.min is not None else -1e9
     hi = spec.max if spec.max is not None else 1e9
@@ -123,3 +123,32 @@ def test_set_either_stores_the_value_or_raises_validation_error(memory_client, k
         return
     assert memory_client.get(key) == entry.new == CATALOG[key].check(value)
     memory_client.unset(key)
+
+
+# -- every key of any TOML document gets the line it is written on -------------------------
+
+key_part = st.text(st.characters(codec="utf-8", exclude_characters="\x7f"), min_size=1, max_size=6)
+toml_values = st.one_of(st.integers(), st.booleans(), st.text(max_size=8),
+                        st.lists(st.integers(), max_size=3), st.just("a\n]b\n[c = 1"))
+documents = st.recursive(
+    st.dictionaries(key_part, toml_values, min_size=1, max_size=4),
+    lambda inner: st.dictionaries(key_part, inner | toml_values, min_size=1, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=documents)
+def test_every_key_gets_the_line_it_is_written_on(data):
+    """tomli_w writes each leaf as `key = value` on its own line under its table header."""
+    import tomli_w
+
+    from mlprefs_sdk._tomllines import path_lines
+    from mlprefs_sdk.tomlfile import _walk
+
+    text = tomli_w.dumps(data, multiline_strings=True)
+    lines = path_lines(text)
+    rows = text.split("\n")
+    for path, _ in _walk(data):
+        key = tomli_w.dumps({path[-1]: 0}).split(" = ")[0]
+        assert rows[lines[path] - 1].startswith(key + " = "), (path, text)

@@ -7,6 +7,8 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,161 @@ def test_an_in_memory_store_is_private_to_its_client(home):
         a.set(BATCH, 64)
         assert b.get(BATCH) == 32
     assert not (home / "prefs.db").exists()
+
+
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.readline()  # hold the write lock until the test says so
+conn.execute("COMMIT")
+"""
+
+
+@contextlib.contextmanager
+def foreign_write_lock(path: Path):
+    """Another process holding the store's write lock (BEGIN IMMEDIATE) until the block ends."""
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline() == "held\n"
+            yield proc
+        finally:
+            proc.stdin.close()  # readline() returns: the holder commits and exits
+            proc.wait(timeout=30)
+
+
+def _in_thread(fn):
+    """Run fn on a thread; return (thread, box) where box gets "result" or "error"."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed to the test, which asserts on it
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def _writer_is_waiting(box: dict, thread: threading.Thread) -> None:
+    """Give the set() time to reach BEGIN IMMEDIATE; it must still be waiting afterwards."""
+    thread.join(0.3)
+    assert thread.is_alive(), box
+
+
+def test_a_reload_and_history_carry_on_while_a_set_waits_for_another_process(home, project_dir):
+    (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 10\n")
+    with Client() as prefs:
+        prefs.set(BATCH, 16)
+        with foreign_write_lock(home / "prefs.db"):
+            writer, wrote = _in_thread(lambda: prefs.set(BATCH, 64))
+            _writer_is_waiting(wrote, writer)
+            (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 20\n")
+            reloader, reloaded = _in_thread(prefs.reload)
+            reloader.join(30)  # the foreign lock is held until we leave the block
+            assert not reloader.is_alive() and "error" not in reloaded
+            assert prefs.get("ml.training.max_iterations") == 20
+            reader, history = _in_thread(lambda: prefs.history(BATCH))
+            reader.join(30)
+            assert [e.new for e in history["result"]] == [16]
+            assert writer.is_alive()  # still waiting for the lock
+        writer.join(30)
+    assert wrote["result"].new == 64
+
+
+def test_a_set_that_cannot_get_the_lock_in_its_budget_says_who_holds_it(home, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "0.5")
+    with Client() as prefs:
+        with foreign_write_lock(home / "prefs.db") as holder:
+            with pytest.raises(StoreError) as e:
+                prefs.set(BATCH, 64)
+        assert prefs.get(BATCH) == 32
+    message = str(e.value)
+    assert message.startswith(f"{home / 'prefs.db'}: gave up waiting for the write lock after 0.")
+    assert f"it is held by pid {holder.pid} ({sys.executable} -c" in message
+    assert message.endswith("nothing was changed")
+
+
+def test_a_bad_lock_timeout_is_a_store_error_naming_the_variable(home, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "soon")
+    with pytest.raises(StoreError, match="MLPREFS_LOCK_TIMEOUT='soon' is not a number of seconds"):
+        Client()
+
+
+def damage_history_pages(db: Path) -> None:
+    """Fill a real store's history with rows, then overwrite some of its pages with junk."""
+    with Client() as prefs:
+        for i in range(300):
+            prefs.set(BATCH, 2 ** (i % 10 + 1), reason="x" * 200)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = [r[0] for r in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'history' AND pagetype = 'leaf'")]
+    conn.close()
+    with open(db, "r+b") as f:
+        for page in pages[len(pages) // 2:][:3]:
+            f.seek((page - 1) * size)
+            f.write(b"\xa5" * size)
+
+
+def test_reading_damaged_pages_is_a_store_error_naming_the_store_and_what_to_do(home):
+    db = home / "prefs.db"
+    damage_history_pages(db)
+    with Client() as prefs:
+        assert prefs.get(BATCH) == 1024  # the prefs table is intact: reads of it still work
+        with pytest.raises(StoreError) as e:
+            prefs.history(limit=300)
+    assert str(e.value).startswith(f"{db}: the store is damaged (database disk image is "
+                                   "malformed); see `mlprefs doctor` for its integrity report")
+    assert f"sqlite3 {db} .recover" in str(e.value)
+
+
+def test_a_directory_at_the_store_path_is_a_store_error_naming_it(home, tmp_path):
+    (tmp_path / "prefs.db").mkdir()
+    with pytest.raises(StoreError) as e:
+        Client(store=str(tmp_path / "prefs.db"))
+    assert str(e.value) == (f"cannot create the store {tmp_path / 'prefs.db'}: it is a directory, "
+                            "not a store file; set MLPREFS_HOME or MLPREFS_STORE to a writable "
+                            "location")
+    assert isinstance(e.value.__cause__, IsADirectoryError)
+
+
+def test_a_store_in_a_missing_directory_that_cannot_be_made_names_the_path(home, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=f"cannot create the store {blocker}/sub/prefs.db: "
+                                         "Not a directory"):
+        Client(store=str(blocker / "sub" / "prefs.db"))
+
+
+def test_a_change_callback_that_writes_does_not_deadlock_with_a_waiting_set(home, project_dir):
+    """A reload runs change callbacks under the client's lock; one that calls set() must not
+    deadlock with another thread's set() that got the store lock meanwhile."""
+    (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 10\n")
+    with Client() as prefs:
+        prefs.on_change("ml.training.max_iterations",
+                        lambda changes: prefs.set("ml.training.learning_rate", 0.02))
+        with foreign_write_lock(home / "prefs.db"):
+            writer, wrote = _in_thread(lambda: prefs.set(BATCH, 64))
+            _writer_is_waiting(wrote, writer)
+            (project_dir / "mlprefs.toml").write_text("[ml.training]\nmax_iterations = 20\n")
+            reloader, reloaded = _in_thread(prefs.reload)  # its callback waits for the store
+            reloader.join(0.3)
+        writer.join(30)
+        reloader.join(30)
+        assert not writer.is_alive() and not reloader.is_alive()
+        assert "error" not in wrote and "error" not in reloaded
+        assert (prefs.get(BATCH), prefs.get("ml.training.learning_rate")) == (64, 0.02)
+
+
+def test_a_single_write_statement_that_cannot_get_the_lock_is_a_store_error(home, monkeypatch):
+    monkeypatch.setenv("MLPREFS_LOCK_TIMEOUT", "0.2")
+    with Client() as prefs:
+        with foreign_write_lock(home / "prefs.db") as holder:
+            with pytest.raises(StoreError, match=f"database is locked \\(held by pid {holder.pid} "):
+                prefs.store.query("DELETE FROM templates WHERE name = ?", ("nope",))

@@ -93,3 +93,15 @@ def test_watch_prints_time_key_old_new_and_source(watching, toml):
     line = w.next_line("rejected")
     assert "./mlprefs.toml:1" in line and "cannot parse TOML" in line
     assert w.interrupt() == 0
+
+
+def test_watch_prints_a_rejected_edit_once(watching, toml):
+    w = watching("watch")
+    w.next_line("watching")
+    save_atomic(toml, lr_toml(5.0))
+    assert "rejected" in w.next_line("is above the maximum 1.0")
+    save_atomic(toml, lr_toml(0.02))
+    w.next_line("0.01 → 0.02")  # a later edit: the rejection had time to be logged as well
+    assert w.interrupt() == 0
+    err = w.proc.stderr.read()  # printed on stdout; the log must not repeat it on stderr
+    assert "is above the maximum" not in err, err

@@ -11,72 +11,98 @@ from typing import Any
 
 from ..values import explain_text, format_value
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
 
 MASK = "********"
+LR = "ml.training.learning_rate"
+EXAMPLES = {
+    "get": f"mlprefs get {LR}",
+    "set": f"mlprefs set {LR} 0.01 --reason 'loss plateaued'",
+    "unset": f"mlprefs unset {LR}",
+    "list": "mlprefs list ml.training --sources",
+    "explain": f"mlprefs explain {LR}",
+    "validate": "mlprefs validate mlprefs.toml",
+    "history": f"mlprefs history {LR} --limit 5",
+    "rollback": f"mlprefs rollback {LR} --to 12",
+    "export": "mlprefs export --format toml > prefs.toml",
+    "import": "mlprefs import prefs.toml --scope project --project vision",
+    "templates": "mlprefs templates list",
+    "templates list": "mlprefs templates list",
+    "templates show": "mlprefs templates show quick-experiment",
+    "templates apply": "mlprefs templates apply quick-experiment --scope user",
+    "doctor": "mlprefs doctor --json",
+}
+SCOPE = {"choices": ("user", "project"), "default": "user",
+         "help": "where to store it: your user scope, or the project's (default: user)"}
+REASON = "why, recorded in the history"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("get", help="print the resolved value")
-    p.add_argument("key")
+    p.add_argument("key", help="a preference key, e.g. ml.training.learning_rate")
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("set", help="validate and store a value")
-    p.add_argument("key")
-    p.add_argument("value")
-    p.add_argument("--scope", choices=("user", "project"), default="user")
-    p.add_argument("--reason")
+    p.add_argument("key", help="a preference key, e.g. ml.training.learning_rate")
+    p.add_argument("value", help="the new value, as you would write it in TOML (0.01, true, adam)")
+    p.add_argument("--scope", **SCOPE)
+    p.add_argument("--reason", help=REASON)
     p.set_defaults(func=cmd_set)
 
     p = sub.add_parser("unset", help="remove a stored value")
-    p.add_argument("key")
-    p.add_argument("--scope", choices=("user", "project"), default="user")
-    p.add_argument("--reason")
+    p.add_argument("key", help="a preference key, e.g. ml.training.learning_rate")
+    p.add_argument("--scope", **SCOPE)
+    p.add_argument("--reason", help=REASON)
     p.set_defaults(func=cmd_unset)
 
     p = sub.add_parser("list", help="every resolved key")
-    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("prefix", nargs="?", default="",
+                   help="only keys starting with this (e.g. ml.training); default: every key")
     p.add_argument("--sources", action="store_true", help="show where each value comes from")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("explain", help="the winning value and every layer's value")
-    p.add_argument("key")
+    p.add_argument("key", help="a preference key, e.g. ml.training.learning_rate")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("validate", help="check files, or every discovered source")
-    p.add_argument("files", nargs="*")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="TOML files to check alone; none: every source this client reads")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("history", help="audit trail, newest first")
-    p.add_argument("key", nargs="?")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("key", nargs="?", help="only this key's entries (default: every key)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("rollback", help="restore the value a history entry set")
-    p.add_argument("key")
-    p.add_argument("--to", type=int, required=True, metavar="ID")
-    p.add_argument("--scope", choices=("user", "project"), default="user")
+    p.add_argument("key", help="a preference key, e.g. ml.training.learning_rate")
+    p.add_argument("--to", type=int, required=True, metavar="ID",
+                   help="the history entry whose value to restore (see: mlprefs history KEY)")
+    p.add_argument("--scope", **SCOPE)
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("export", help="the whole resolved view (sensitive values masked)")
-    p.add_argument("--format", choices=("toml", "json"), default="toml")
+    p.add_argument("--format", choices=("toml", "json"), default="toml",
+                   help="toml (default; importable with mlprefs import) or json")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="store a TOML file's values into a scope")
-    p.add_argument("file")
-    p.add_argument("--scope", choices=("user", "project"), default="user")
-    p.add_argument("--reason")
+    p.add_argument("file", help="a TOML file, e.g. one written by mlprefs export")
+    p.add_argument("--scope", **SCOPE)
+    p.add_argument("--reason", help=REASON + " (default: import FILE)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("templates", help="list, show or apply templates")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     tsub.add_parser("list", help="template names").set_defaults(func=cmd_templates_list)
     t = tsub.add_parser("show", help="a template's values")
-    t.add_argument("name")
+    t.add_argument("name", help="a template name (see: mlprefs templates list)")
     t.set_defaults(func=cmd_templates_show)
     t = tsub.add_parser("apply", help="write a template's values into a scope")
-    t.add_argument("name")
-    t.add_argument("--scope", choices=("user", "project"))
+    t.add_argument("name", help="a template name (see: mlprefs templates list)")
+    t.add_argument("--scope", choices=("user", "project"),
+                   help="where to store the values (default: the template's own choice)")
     t.set_defaults(func=cmd_templates_apply)
 
     p = sub.add_parser("doctor", help="paths, versions, store integrity, watcher backend")
@@ -282,13 +308,20 @@ def cmd_doctor(ctx: Any) -> int:
     from importlib import metadata
 
     from .. import __version__
+    from ..errors import StoreError
+    from ..locations import locate
 
-    client = ctx.client()
+    try:
+        client = ctx.client()
+    except StoreError as e:  # a store too damaged to open still gets its integrity report
+        return _doctor_unopenable(ctx, locate(ctx.args.store).store, e)
     loc = client.locations
     store = client.store
-    integrity = "n/a"
-    if hasattr(store, "query") and loc.store != ":memory:" and "://" not in loc.store:
-        integrity = store.query("PRAGMA integrity_check")[0][0]
+    integrity, problems = "n/a", list[str]()
+    if hasattr(store, "integrity") and loc.store != ":memory:":
+        report = store.integrity()
+        integrity = "ok" if report == ["ok"] else "FAILED"
+        problems = [] if report == ["ok"] else report
     health = store.health() if hasattr(store, "health") else {}  # backend, latency, notifications
     versions = {"mlprefs-sdk": __version__, "python": platform.python_version(),
                 "sqlite": sqlite3.sqlite_version}
@@ -317,6 +350,7 @@ def cmd_doctor(ctx: Any) -> int:
         "project": client.project, "user": client.user, "template": client.template,
         "versions": versions,
         "store": {"backend": type(store).__name__, "integrity": integrity,
+                  "integrity_problems": problems,
                   "schema_version": getattr(store, "schema_version", None), **health},
         "watcher_backend": backend,
         "admin_keys_not_locked": unpinned,
@@ -331,6 +365,7 @@ def cmd_doctor(ctx: Any) -> int:
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         lines.append(f"store: {data['store']['backend']}, schema {data['store']['schema_version']}, "
                      f"integrity {integrity}")
+        lines += _damage_report(loc.store, problems) if problems else []
         if health:
             note = health["notifications"]
             lines.append(f"store latency {health['latency_ms']} ms; changes from other clients: "
@@ -342,3 +377,29 @@ def cmd_doctor(ctx: Any) -> int:
 
     ctx.emit(data, text)
     return 0 if integrity in ("ok", "n/a") and health.get("healthy", True) else 2
+
+
+def _damage_report(path: str, problems: list[str]) -> list[str]:
+    """The integrity problems SQLite found, and what to do about them."""
+    advice = (f"what to do: restore {path} from a backup, or save what can still be read "
+              f"(sqlite3 {path} .recover > prefs.sql) and move the file aside; mlprefs then "
+              f"starts a new, empty store there")
+    return [*(f"  {p}" for p in problems), advice]
+
+
+def _doctor_unopenable(ctx: Any, path: str, err: Exception) -> int:
+    """doctor when the store cannot be opened: why, its integrity report if it is a file."""
+    from ..store import integrity_check
+
+    local = path != ":memory:" and "://" not in path and os.path.isfile(path)
+    report = integrity_check(path) if local else []
+    damaged = bool(report) and report != ["ok"]
+    data = {"paths": {"store": path}, "store": {"opened": False, "error": str(err),
+                                                "integrity": "FAILED" if damaged else "n/a",
+                                                "integrity_problems": report if damaged else []}}
+    lines = [f"store: {path} cannot be opened: {err}"]
+    if damaged:
+        lines += [f"store integrity FAILED ({len(report)} problem(s) shown):",
+                  *_damage_report(path, report)]
+    ctx.emit(data, "\n".join(lines))
+    return 2

@@ -6,7 +6,15 @@ import argparse
 import math
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
+
+EXAMPLES = {
+    "curves": "mlprefs curves list",
+    "curves list": "mlprefs curves list",
+    "curves show": "mlprefs curves show run-2026-12-01-0915",
+    "curves plot": "mlprefs curves plot run-2026-12-01-0915 --out curve.png --metric val_loss",
+}
+RUN = "a run id (see: mlprefs curves list)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub.add_parser("list", help="runs that have a curve, newest first").set_defaults(
         func=cmd_curves_list)
     s = csub.add_parser("show", help="a run's metrics by epoch, and the changes it applied")
-    s.add_argument("run")
+    s.add_argument("run", help=RUN)
     s.set_defaults(func=cmd_curves_show)
     s = csub.add_parser("plot", help="write a run's curve as a PNG (needs matplotlib)")
-    s.add_argument("run")
+    s.add_argument("run", help=RUN)
     s.add_argument("--out", required=True, metavar="FILE", help="the PNG to write")
     s.add_argument("--metric", action="append", help="only this metric (repeatable)")
     s.set_defaults(func=cmd_curves_plot)

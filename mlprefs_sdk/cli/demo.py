@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
+
+EXAMPLES = {"demo": "mlprefs demo --epochs 30 --manual"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,23 @@ import datetime as dt
 import json
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
+
+EXAMPLES = {
+    "models": "mlprefs models list",
+    "models list": "mlprefs models list churn --status active",
+    "models show": "mlprefs models show churn 1.2.0",
+    "models register": "mlprefs models register churn 1.3.0 --metric accuracy=0.91 "
+                       "--tag owner=ml-team",
+    "models promote": "mlprefs models promote churn 1.3.0 --reason 'beats 1.2.0'",
+    "models deprecate": "mlprefs models deprecate churn 1.1.0 --reason 'superseded'",
+    "models rollback": "mlprefs models rollback churn --reason 'latency regression'",
+    "models select": "mlprefs models select churn",
+    "models update": "mlprefs models update churn",
+}
+NAME = "the model's name"
+VERSION = "a version of the model, e.g. 1.3.0"
+STATUSES = ("active", "experimental", "deprecated")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,50 +32,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     a = msub.add_parser("list", help="registered versions")
-    a.add_argument("name", nargs="?")
-    a.add_argument("--framework")
-    a.add_argument("--status", choices=("active", "experimental", "deprecated"))
+    a.add_argument("name", nargs="?", help="only this model's versions (default: every model)")
+    a.add_argument("--framework", help="only versions of this framework (e.g. pytorch)")
+    a.add_argument("--status", choices=STATUSES, help="only versions in this status")
     a.set_defaults(func=cmd_list)
 
     a = msub.add_parser("show", help="one version (default: the active one) and the moves")
-    a.add_argument("name")
-    a.add_argument("version", nargs="?")
+    a.add_argument("name", help=NAME)
+    a.add_argument("version", nargs="?", help=VERSION + " (default: the active one)")
     a.set_defaults(func=cmd_show)
 
     a = msub.add_parser("register", help="add an immutable version")
-    a.add_argument("name")
-    a.add_argument("version")
+    a.add_argument("name", help=NAME)
+    a.add_argument("version", help=VERSION)
     a.add_argument("--framework", help="default: ml.models.default_framework")
     a.add_argument("--status", choices=("experimental", "active", "deprecated"),
-                   default="experimental")
+                   default="experimental", help="its status (default: experimental)")
     a.add_argument("--metric", action="append", default=[], metavar="NAME=NUMBER",
                    help="e.g. --metric accuracy=0.91 --metric latency_ms=12")
     a.add_argument("--config", default="{}", metavar="JSON", help="a JSON object")
-    a.add_argument("--tag", action="append", default=[], metavar="NAME=TEXT")
-    a.add_argument("--source-uri")
-    a.add_argument("--description", default="")
+    a.add_argument("--tag", action="append", default=[], metavar="NAME=TEXT",
+                   help="a label (repeatable), e.g. --tag owner=ml-team")
+    a.add_argument("--source-uri", help="where the artifact lives (e.g. s3://bucket/model.pt)")
+    a.add_argument("--description", default="", help="free text shown by models show")
     a.set_defaults(func=cmd_register)
 
     for verb, text in (("promote", "make a version active"),
                        ("deprecate", "retire a version")):
         a = msub.add_parser(verb, help=text)
-        a.add_argument("name")
-        a.add_argument("version")
-        a.add_argument("--reason")
+        a.add_argument("name", help=NAME)
+        a.add_argument("version", help=VERSION)
+        a.add_argument("--reason", help="why, recorded with the move")
         a.set_defaults(func=cmd_move, verb=verb)
 
     a = msub.add_parser("rollback", help="re-activate the previous active version")
-    a.add_argument("name")
-    a.add_argument("--reason")
+    a.add_argument("name", help=NAME)
+    a.add_argument("--reason", help="why, recorded with the move")
     a.set_defaults(func=cmd_rollback)
 
     a = msub.add_parser("select", help="the best qualifying version by the preferences")
-    a.add_argument("name", nargs="?")
+    a.add_argument("name", nargs="?", help="only this model (default: every model)")
     a.set_defaults(func=cmd_select)
 
     a = msub.add_parser("update", help="apply ml.models.auto_update_policy; performs due "
                                        "promotions (automatic or scheduled)")
-    a.add_argument("name", nargs="?")
+    a.add_argument("name", nargs="?", help="only this model (default: every model)")
     a.set_defaults(func=cmd_update)
 
 

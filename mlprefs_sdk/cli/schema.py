@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
+
+EXAMPLES = {"schema": "mlprefs schema --out mlprefs.schema.json"}
 
 
 def register(sub: Any) -> None:  # argparse subparsers

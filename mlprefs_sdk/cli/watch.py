@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import signal
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import MlprefsError
 from ..values import ChangeSet, format_value, show_path
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
+
+EXAMPLES = {"watch": "mlprefs watch --json"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +59,7 @@ def cmd_watch(ctx: Any) -> int:
 
     client.on_change("*", on_change)
     client.on_error(on_error)
+    undo = _print_each_rejection_once()
     client.watch()
     watcher = client._watcher
     shown = [show_path(p) for p in watcher.paths]
@@ -65,9 +69,41 @@ def cmd_watch(ctx: Any) -> int:
         + "\n  ".join(shown))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly as on Ctrl-C
-    while watcher.alive:
-        time.sleep(0.25)
+    try:
+        while watcher.alive:
+            time.sleep(0.25)
+    finally:
+        undo()  # main() may run inside a longer-lived process
     raise MlprefsError("the watcher stopped unexpectedly; see the log above")
+
+
+class _Reported(logging.Filter):
+    """Drops the library's own log record of a rejected edit: this verb prints it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("mlprefs") or record.levelno < logging.WARNING:
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        return not (any(isinstance(a, MlprefsError) for a in args)
+                    or "rejected" in str(record.msg))
+
+
+def _print_each_rejection_once() -> Callable[[], None]:
+    """The watcher logs a rejected edit (for programs that only log) and calls on_error,
+    which this verb prints: keep the printed line, drop the log record — on the library's
+    loggers that create it, and on every handler already there that would show it."""
+    reported = _Reported()
+    names = ("mlprefs", "mlprefs_sdk", "mlprefs_sdk.client", "mlprefs_sdk.watch")
+    filtered: list[logging.Filterer] = [logging.getLogger(name) for name in names]
+    filtered += [h for name in ("", *names) for h in logging.getLogger(name).handlers]
+    for f in filtered:
+        f.addFilter(reported)
+
+    def undo() -> None:
+        for f in filtered:
+            f.removeFilter(reported)
+
+    return undo
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -26,7 +26,7 @@ def mlprefs_train_start(hooks: Any) -> None:
     flags = dict(hooks.flags)
     hooks.scratch[NAME] = flags
     on = sorted(k for k, v in flags.items() if v and k.startswith("ml.features."))
-    log.info("mlprefs: run %s starts with features on: %s", hooks.run_id, ", ".join(on) or "none")
+    log.debug("mlprefs: run %s starts with features on: %s", hooks.run_id, ", ".join(on) or "none")
 
 
 @hookimpl

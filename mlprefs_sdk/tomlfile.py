@@ -18,6 +18,8 @@ __all__ = ["TomlDoc", "read_toml", "parse_toml", "key_lines", "flatten", "unflat
 
 _POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+# Tables that configure a feature rather than set keys (`[tune.space]`: the search space).
+RESERVED_TABLES = ("tune",)
 
 
 @attrs.frozen
@@ -27,6 +29,7 @@ class TomlDoc:
     path: str
     values: Mapping[str, tuple[Any, int | None]]
     meta: Mapping[str, Any]
+    tables: Mapping[str, Any] = attrs.field(factory=dict)  # RESERVED_TABLES found in the file
 
 
 def read_toml(path: str, section: str | None = None, meta_table: str = "project") -> TomlDoc | None:
@@ -63,12 +66,16 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
             data = data.get(part, {}) if isinstance(data, dict) else {}
         prefix = section + "."
     meta = data.get(meta_table, {}) if meta_table and isinstance(data.get(meta_table), dict) else {}
+    tables = {name: data[name] for name in RESERVED_TABLES
+              if meta_table and isinstance(data.get(name), dict)}
     values = {}
     for key, value in flatten(data):
         if meta_table and key.startswith(meta_table + "."):
             continue
+        if key.partition(".")[0] in tables:
+            continue
         values[key] = (value, lines.get(prefix + key))
-    return TomlDoc(path, values, meta)
+    return TomlDoc(path, values, meta, tables)
 
 
 def _file_error(path: str, line: int | None, col: int | None, reason: str) -> ConfigFileError:

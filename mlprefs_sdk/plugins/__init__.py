@@ -25,7 +25,7 @@ __all__ = ["PluginError", "make_plugin_manager", "hookimpl", "BUILTINS", "DISABL
 
 log = logging.getLogger(__name__)
 
-BUILTINS = ("early_stopping", "hyperparameters", "feature_gates", "learning_curves")
+BUILTINS = ("early_stopping", "hyperparameters", "feature_gates", "learning_curves", "tuning")
 DISABLE_ENV = "MLPREFS_DISABLE_PLUGINS"  # comma-separated plugin names not to load
 
 
@@ -38,10 +38,11 @@ def _blocked() -> frozenset[str]:
 
 
 def _builtin_modules() -> dict[str, Any]:
-    from . import early_stopping, feature_gates, hyperparameters, learning_curves
+    from . import early_stopping, feature_gates, hyperparameters, learning_curves, tuning
 
     return {"early_stopping": early_stopping, "hyperparameters": hyperparameters,
-            "feature_gates": feature_gates, "learning_curves": learning_curves}
+            "feature_gates": feature_gates, "learning_curves": learning_curves,
+            "tuning": tuning.from_env}
 
 
 @functools.lru_cache(maxsize=8)

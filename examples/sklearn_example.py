@@ -24,7 +24,8 @@ def main() -> None:
     y = X @ np.linspace(-1, 1, 8) + 0.1 * rng.normal(size=2000)
     with Client(watch=True) as prefs:
         model = SGDRegressor(learning_rate="constant")   # eta0 comes from the preferences
-        hooks = fit_incremental(model, X[:1500], y[:1500], prefs, X_val=X[1500:], y_val=y[1500:])
+        model = fit_incremental(model, X[:1500], y[:1500], prefs, X_val=X[1500:], y_val=y[1500:])
+        hooks = model.mlprefs_run_  # the run: id, iterations, stop reason
         print(f"{hooks.iteration} passes, stopped: {hooks.stop_reason}")
         print("val_loss by pass:", [round(v, 4) for _, v in prefs.curves.get(hooks.run_id)["val_loss"]])
 

@@ -13,6 +13,7 @@ from .errors import (
     ValidationError,
 )
 from .events import Subscription
+from .tuning import NoCompletedTrialError, TrialResult, TuneResult
 from .values import Change, ChangeSet, Explanation, HistoryEntry, LayerValue, Problem, Source
 
 __version__ = "0.1.0"
@@ -36,4 +37,7 @@ __all__ = [
     "StoreError",
     "FeatureDisabledError",
     "PolicyError",
+    "TuneResult",
+    "TrialResult",
+    "NoCompletedTrialError",
 ]

@@ -14,7 +14,7 @@ from ..values import format_value
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:  # argparse sub-parsers
     p = sub.add_parser("tune", help="tune [tune.space] keys with Optuna, running COMMAND per trial",
                        description="Run COMMAND once per trial with the trial's values in its "
                        "environment; print the trials and the best values.")

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import sqlite3
 import subprocess
 import time
 import warnings
@@ -64,9 +65,20 @@ def storage_url(store: str) -> str | None:
 def _storage(url: str | None) -> Any:
     if url is None:
         return optuna.storages.InMemoryStorage()
-    # SQLite: wait for other processes' writes instead of failing on "database is locked".
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        return optuna.storages.RDBStorage(url, engine_kwargs={"creator": lambda: _connect(path)})
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """tuning.db as the store keeps prefs.db: WAL (readers never block the one writer) and
+    synchronous=NORMAL (a commit is not an fsync), and a wait, not an error, on a busy lock.
+    Optuna's own SQLite default fsyncs every report, which dominates a short trial."""
+    conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
 
 
 def _retry(fn: Callable[[], Any], what: str) -> Any:

@@ -248,7 +248,8 @@ def hooks_seconds(prefs: Client, n: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30, help="trials per tuned model")
-    parser.add_argument("--overhead-trials", type=int, default=100)
+    parser.add_argument("--overhead-trials", type=int, default=100,
+                        help="trials per overhead measurement")
     args = parser.parse_args()
     isolate()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

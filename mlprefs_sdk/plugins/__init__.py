@@ -42,7 +42,7 @@ def _builtin_modules() -> dict[str, Any]:
 
     return {"early_stopping": early_stopping, "hyperparameters": hyperparameters,
             "feature_gates": feature_gates, "learning_curves": learning_curves,
-            "tuning": tuning.from_env}
+            "tuning": tuning}
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,7 +5,7 @@ ml.training.early_stopping_metric, is reported to the trial; once the trial's pr
 it, should_stop returns a reason naming the pruner and the run ends like any early stop.
 
 In-process, prefs.tune() registers a TrialPlugin on the trial client's plugin manager. In a
-command run by `mlprefs tune`, `from_env` (this group's entry point) finds the trial through
+command run by `mlprefs tune`, this module (the group's entry point) finds the trial through
 the MLPREFS_TUNE_TRIAL variable and loads it from the study's storage: no Optuna code in the
 user's script, and no Optuna import in any process that is not a trial.
 """
@@ -93,4 +93,18 @@ class EnvTrialPlugin(TrialPlugin):
         return self.trial
 
 
-from_env = EnvTrialPlugin()  # the `tuning` entry point of the mlprefs_sdk group
+# This module is the `tuning` entry point of the mlprefs_sdk group: its hooks are those of the
+# trial named by MLPREFS_TUNE_TRIAL, when the variable is set.
+from_env = EnvTrialPlugin()
+
+
+@hookimpl
+def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], fallback_metric: str | None,
+                     index: int) -> None:
+    from_env.mlprefs_evaluate(hooks=hooks, metrics=metrics, fallback_metric=fallback_metric,
+                              index=index)
+
+
+@hookimpl
+def mlprefs_should_stop(hooks: Any) -> str | None:
+    return from_env.mlprefs_should_stop(hooks=hooks)

@@ -114,6 +114,14 @@ class TrainingHooks:
         return self._view.enabled
 
     @property
+    def privacy_spent(self) -> tuple[float, float] | None:
+        """(epsilon, delta) spent so far under DP-SGD (integrations.opacus.make_private), from
+        Opacus's accountant; None when the optimizer is not private."""
+        from .plugins.privacy_budget import spent
+
+        return spent(self)
+
+    @property
     def should_stop(self) -> bool:
         return self.stop_reason is not None
 

@@ -46,6 +46,11 @@ SPEC_TABLE = [
     ("ml.data.user_consent_required", bool, True, None, "admin"),
     ("ml.data.opt_out_enabled", bool, True, None, "admin"),
     ("ml.data.sharing_allowed", bool, False, None, "superadmin"),
+    # SPEC section 10: "> 0" is written as the smallest accepted value (bounds are inclusive)
+    ("ml.data.dp_enabled", bool, False, None, "admin"),
+    ("ml.data.dp_target_epsilon", float, 8.0, (0.01, None), "admin"),
+    ("ml.data.dp_delta", float, 1e-5, (1e-12, 0.1), "admin"),
+    ("ml.data.dp_max_grad_norm", float, 1.0, (1e-6, None), "admin"),
     ("ml.monitoring.accuracy_tracking", bool, True, None, "user"),
     ("ml.monitoring.latency_tracking", bool, True, None, "user"),
     ("ml.monitoring.latency_budget_ms", int, 100, (1, 60000), "user"),
@@ -90,7 +95,7 @@ def test_each_key_matches_the_spec_table(catalog, key, type_, default, limits, a
         assert spec.choices == limits
     elif limits is not None:
         assert (spec.min, spec.max) == limits
-        assert spec.check(limits[0]) == limits[0] and spec.check(limits[1]) == limits[1]
+        assert all(spec.check(bound) == bound for bound in limits if bound is not None)
 
 
 def test_only_sharing_allowed_is_sensitive(catalog):

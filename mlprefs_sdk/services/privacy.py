@@ -199,6 +199,12 @@ class DataPrivacy:
         """True unless the subject opted out, or consent is required and not given."""
         return self.status(subject).may_train
 
+    def filter(self, dataset: Any, subject_of: Callable[[Any], str]) -> Any:
+        """The samples that may be trained on, re-checked at every pass (services/datafilter)."""
+        from .datafilter import TrainableView
+
+        return TrainableView(self, self._client.store, dataset, subject_of)
+
     # -- retention ------------------------------------------------------------------------
     def cleanup(self, now: float | None = None) -> dict[str, int]:
         """Delete every SDK-held record older than ml.data.retention_days; counts per table.

@@ -96,8 +96,12 @@ class ModelRegistry:
     def register(self, name: str, version: str | int, framework: str | None = None,
                  status: str = "experimental", metrics: Mapping[str, float] | None = None,
                  config: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-                 source_uri: str | None = None, description: str = "") -> ModelVersion:
+                 source_uri: str | None = None, description: str = "",
+                 run_id: str | None = None) -> ModelVersion:
         """Add an immutable version (framework defaults to ml.models.default_framework).
+
+        run_id (hooks.run_id) ties it to a stored training run: tag mlprefs.run_id, and the
+        run's privacy budget spent as metric dp_epsilon when it trained with DP-SGD.
 
         status="active" also promotes it. With ml.models.versioning_enabled off a model keeps
         one version: registering another replaces it (and takes over the active pointer).
@@ -112,6 +116,10 @@ class ModelRegistry:
         if status not in STATUSES:
             raise InvalidModelError(f"status {status!r} of {name}/{version} is not one of "
                                     f"{', '.join(STATUSES)}")
+        if run_id is not None:  # a stored run: tag mlprefs.run_id, dp_epsilon if it used DP
+            from ..plugins.privacy_budget import with_run
+
+            metrics, tags = with_run(self._store, run_id, metrics, tags, f"{name}/{version}")
         metric_values = checked_metrics(name, version, metrics or {})
         config_text = json_text(name, version, "config", config or {})
         tags_text = json_text(name, version, "tags", checked_tags(name, version, tags or {}))
@@ -431,3 +439,4 @@ _STACK_SQL = ("SELECT kind, to_version FROM model_moves WHERE name = ? AND kind 
 
 def _pointer_stack(db: Any, name: str) -> list[str]:
     return _replay(db.execute(_STACK_SQL, (name,)).fetchall())
+

@@ -162,10 +162,10 @@ def _range(client: Client, key: str, spec: Any) -> Range:
     extra = set(spec) - _RANGE_FIELDS
     if extra:
         raise _Bad(f"has unknown field(s) {', '.join(sorted(extra))}; a range takes "
-                                 f"low, high, log, step; a list takes choices", "tune.space")
+                   f"low, high, log, step; a list takes choices", "tune.space")
     if ks.type not in (int, float):
-        raise _Bad(f"is a {ks.type_name} key: give it {{ choices = [...] }}, not a "
-                                 f"range", "kind")
+        raise _Bad(f"is a {ks.type_name} key: give it {{ choices = [...] }}, not a range",
+                   "kind")
     if "low" not in spec or "high" not in spec:
         raise _Bad("needs both low and high", "tune.space")
     bounds = []
@@ -174,7 +174,7 @@ def _range(client: Client, key: str, spec: Any) -> Range:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 (ks.type is int and not float(value).is_integer()):
             raise _Bad(f"has {name} = {value!r}, not a{'n int' if ks.type is int else ' number'}",
-                               "kind")
+                       "kind")
         try:
             ks.check(ks.type(value))
         except InvalidValue as e:
@@ -190,9 +190,10 @@ def _range(client: Client, key: str, spec: Any) -> Range:
         raise _Bad(f"has log = true with low {low!r}: a log range needs low > 0", "tune.space")
     step = spec.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
-                             or step <= 0 or not math.isfinite(step) or log_scale):
-        raise _Bad(f"has step = {step!r}: a step must be a positive number, and "
-                                 f"not combined with log", "tune.space")
+                             or step <= 0 or not math.isfinite(step) or log_scale
+                             or (ks.type is int and not float(step).is_integer())):
+        raise _Bad(f"has step = {step!r}: a step must be a positive number (an integer for an "
+                   f"int key), and not combined with log", "tune.space")
     return Range(key, "int" if ks.type is int else "float", low, high, log_scale,
                  None if step is None else ks.type(step))
 

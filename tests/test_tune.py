@@ -335,3 +335,37 @@ def test_tune_without_optuna_names_the_extra(home, monkeypatch):
     with enabled() as prefs:
         with pytest.raises(ImportError, match=r"mlprefs-sdk\[tune\]"):
             prefs.tune(lambda p: 0.0, space={PATIENCE: {"low": 2, "high": 4}})
+
+
+def test_a_step_range_gives_values_on_the_step(home):
+    seen = []
+    with enabled() as prefs:
+        prefs.tune(lambda p: seen.append(p.get(PATIENCE)) or 0.0,
+                   space={PATIENCE: {"low": 2, "high": 12, "step": 5}}, n_trials=6, seed=0)
+    assert set(seen) <= {2, 7, 12}
+
+
+def test_an_int_key_refuses_a_fractional_step(home):
+    with enabled() as prefs:
+        with pytest.raises(ValidationError, match="an integer for an int key"):
+            prefs.tune(lambda p: 0.0, space={PATIENCE: {"low": 2, "high": 12, "step": 2.5}})
+
+
+def test_a_range_with_an_unknown_field_is_refused(home):
+    with enabled() as prefs:
+        with pytest.raises(ValidationError, match="unknown field"):
+            prefs.tune(lambda p: 0.0, space={PATIENCE: {"low": 2, "high": 12, "lgo": True}})
+
+
+def test_an_empty_space_says_how_to_declare_one(home):
+    with enabled() as prefs:
+        with pytest.raises(ValidationError, match=r"\[tune.space\]"):
+            prefs.tune(lambda p: 0.0)
+
+
+def test_the_tuning_keys_have_their_lower_bounds(home):
+    with Client() as prefs:
+        assert prefs.spec("ml.tuning.n_trials").min == 1
+        assert prefs.spec("ml.tuning.timeout_minutes").min == 0.0
+        with pytest.raises(ValidationError):
+            prefs.set("ml.tuning.n_trials", 0)

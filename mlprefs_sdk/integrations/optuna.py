@@ -215,7 +215,10 @@ def _loop(client: Client, ranges: Mapping[str, Range], n_trials: int | None,
         try:
             run(study, trial, values, name)
         except KeyboardInterrupt:
-            study.tell(trial, state=States.FAIL)
+            try:
+                study.tell(trial, state=States.FAIL)
+            except (RuntimeError, ValueError) as e:  # Ctrl-C came after the trial was told
+                log.debug("mlprefs: trial %d was already finished: %s", trial.number, e)
             interrupted = True
             log.warning("mlprefs: study %s interrupted during trial %d; the finished trials are "
                         "kept", name, trial.number)

@@ -190,3 +190,56 @@ def test_import_mlprefs_sdk_imports_no_optuna(home):
     done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+SLOW_SCRIPT = """
+import time
+from pathlib import Path
+from mlprefs_sdk import Client
+
+with Client() as prefs:
+    hooks = prefs.training_hooks()
+    hooks.on_train_start()
+    for epoch in range(3):
+        hooks.on_epoch_end(epoch, {"val_loss": 1.0 / (epoch + 1)})
+    with open("runs", "a") as f:
+        f.write("done\\n")
+    if Path("runs").read_text().count("done") >= 3:
+        time.sleep(120)  # the third run hangs until Ctrl-C
+    hooks.on_train_end()
+"""
+
+
+def test_ctrl_c_to_mlprefs_tune_ends_the_command_and_prints_the_finished_trials(home, project_dir):
+    (project_dir / "mlprefs.toml").write_text(ON + SPACE)
+    (project_dir / "train.py").write_text(SLOW_SCRIPT)
+    proc = subprocess.Popen([sys.executable, "-m", "mlprefs_sdk", "--json", "tune", "--trials", "5",
+                             "--study", "cli-ctrl-c", "--", sys.executable, "train.py"],
+                            cwd=project_dir, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    runs = project_dir / "runs"
+    deadline = time.monotonic() + 120
+    while not (runs.exists() and runs.read_text().count("done") >= 3):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # to mlprefs alone: it passes Ctrl-C on to the command
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out.splitlines()[-1])
+    assert result["interrupted"] is True
+    assert [t["state"] for t in result["trials"]] == ["complete", "complete", "failed"]
+    assert trials_in(home / "tuning.db", "cli-ctrl-c")[-1] == (2, "FAIL")
+
+
+def test_mlprefs_tune_with_the_store_on_postgresql_or_sqlite(store_url, project_dir):
+    (project_dir / "mlprefs.toml").write_text(ON + SPACE)
+    (project_dir / "train.py").write_text(SCRIPT)
+    done = mlprefs("--store", store_url, "--json", "tune", "--trials", "3", "--seed", "0",
+                   "--study", "team", "--", sys.executable, "train.py", cwd=project_dir)
+    assert done.returncode == 0, done.stderr
+    again = mlprefs("--store", store_url, "--json", "tune", "--trials", "2", "--seed", "1",
+                    "--study", "team", "--", sys.executable, "train.py", cwd=project_dir)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout.splitlines()[-1])
+    assert [t["number"] for t in result["trials"]] == [0, 1, 2, 3, 4]
+    assert {t["state"] for t in result["trials"]} == {"complete"}

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import time
@@ -326,12 +327,16 @@ def run_command(client: Client, command: Sequence[str], ranges: Mapping[str, Ran
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
-    """Ctrl-C reaches the command too (same process group); give it a moment, then end it."""
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """Ctrl-C in a terminal reaches the command too (same process group); a SIGINT sent to
+    this process alone is passed on. Give the command a moment to end, then kill it."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.warning("mlprefs: %s did not end within 10 s of Ctrl-C; killing it", proc.args)
+            proc.kill()
+            proc.wait()
 
 
 def _frozen(storage: Any, name: str, number: int) -> Any:

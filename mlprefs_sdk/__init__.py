@@ -19,6 +19,7 @@ from .tuning import NoCompletedTrialError, TrialResult, TuneResult
 from .values import Change, ChangeSet, Explanation, HistoryEntry, LayerValue, Problem, Source
 
 if TYPE_CHECKING:  # type checkers see the classes; at run time __getattr__ imports them
+    from .integrations.mlflow import MlflowSyncError
     from .integrations.opacus import DifferentialPrivacyError
     from .services.datafilter import DatasetNotIndexableError, SubjectIdError, ViewChangedError
 
@@ -47,18 +48,20 @@ __all__ = [
     "SubjectIdError",
     "ViewChangedError",
     "DifferentialPrivacyError",
+    "MlflowSyncError",
     "TuneResult",
     "TrialResult",
     "NoCompletedTrialError",
 ]
 
-# Errors of optional parts (prefs.data.filter, integrations.opacus), imported on first use so
+# Errors of optional parts (prefs.data.filter, integrations.opacus / mlflow), imported on first use so
 # that `import mlprefs_sdk` stays as light as before; `from mlprefs_sdk import ...` works.
 _LAZY = {
     "DatasetNotIndexableError": "services.datafilter",
     "SubjectIdError": "services.datafilter",
     "ViewChangedError": "services.datafilter",
     "DifferentialPrivacyError": "integrations.opacus",
+    "MlflowSyncError": "integrations.mlflow",
 }
 
 

@@ -20,7 +20,15 @@ from .resolve import View, add_key, resolve
 from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
 
 if TYPE_CHECKING:
+    from .services.curves import Curves
+    from .services.experiments import Experiments
+    from .services.feedback import Feedback
+    from .services.monitor import Monitor
+    from .services.privacy import DataPrivacy
+    from .services.registry import ModelRegistry
     from .store import Store
+    from .templates import Templates
+    from .training import TrainingHooks
 
 __all__ = ["Client"]
 
@@ -143,7 +151,7 @@ class Client:
         """Every key's value, immutable; later changes build a new mapping."""
         return self._view.values
 
-    def section(self, prefix: str) -> Any:
+    def section(self, prefix: str) -> Any:  # its fields depend on the catalog: Any
         """A frozen attrs object with one typed field per key below prefix (e.g. "ml.training")."""
         cache, view = self._sections, self._view  # a swap replaces both; never mix two views
         obj = cache.get(prefix)
@@ -156,16 +164,23 @@ class Client:
         return obj
 
     def load(self, cls: type[T], prefix: str) -> T:
-        """Structure the user's attrs class from the keys below prefix (its fields only)."""
+        """Structure the user's attrs class or dataclass from the keys below prefix (its fields only)."""
+        import dataclasses
+
         from ._convert import structure
 
         values = self._view.values
         data = {}
-        for field in attrs.fields(cls):
-            key = f"{prefix}.{field.name}"
+        if dataclasses.is_dataclass(cls):
+            fields = [(f.name, f.default is dataclasses.MISSING
+                       and f.default_factory is dataclasses.MISSING) for f in dataclasses.fields(cls)]
+        else:
+            fields = [(f.name, f.default is attrs.NOTHING) for f in attrs.fields(cls)]
+        for name, required in fields:
+            key = f"{prefix}.{name}"
             if key in values:
-                data[field.name] = values[key]
-            elif field.default is attrs.NOTHING:
+                data[name] = values[key]
+            elif required:
                 raise UnknownKeyError(key, self._catalog.suggest(key))
         return structure(data, cls, prefix)
 
@@ -504,7 +519,7 @@ class Client:
 
     # -- attached features --------------------------------------------------------
     @property
-    def templates(self) -> Any:
+    def templates(self) -> Templates:
         from .templates import Templates
 
         return Templates(self)
@@ -541,7 +556,7 @@ class Client:
                     study=study, seed=seed)
 
     def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
-                       run_id: str | None = None, distributed: Any = False) -> Any:
+                       run_id: str | None = None, distributed: Any = False) -> TrainingHooks:
         """The framework-agnostic training driver (SPEC section 6)."""
         from .training import TrainingHooks
 
@@ -549,37 +564,37 @@ class Client:
                              run_id=run_id, distributed=distributed)
 
     @property
-    def curves(self) -> Any:
+    def curves(self) -> Curves:
         from .services.curves import Curves
 
         return self._service(Curves)
 
     @property
-    def data(self) -> Any:
+    def data(self) -> DataPrivacy:
         from .services.privacy import DataPrivacy
 
         return self._service(DataPrivacy)
 
     @property
-    def monitor(self) -> Any:
+    def monitor(self) -> Monitor:
         from .services.monitor import Monitor
 
         return self._service(Monitor)
 
     @property
-    def feedback(self) -> Any:
+    def feedback(self) -> Feedback:
         from .services.feedback import Feedback
 
         return self._service(Feedback)
 
     @property
-    def models(self) -> Any:
+    def models(self) -> ModelRegistry:
         from .services.registry import ModelRegistry
 
         return self._service(ModelRegistry)
 
     @property
-    def experiments(self) -> Any:
+    def experiments(self) -> Experiments:
         from .services.experiments import Experiments
 
         return self._service(Experiments)

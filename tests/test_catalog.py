@@ -21,6 +21,8 @@ SPEC_TABLE = [
     ("ml.models.fallback_enabled", bool, True, None, "user"),
     ("ml.models.versioning_enabled", bool, True, None, "user"),
     ("ml.models.auto_update_policy", str, "manual", ("disabled", "manual", "automatic", "scheduled"), "admin"),
+    ("ml.models.mlflow_alias", str, "champion", None, "user"),
+    ("ml.models.mlflow_sync", bool, False, None, "admin"),
     ("ml.performance.accuracy_threshold", float, 0.85, (0.0, 1.0), "user"),
     ("ml.performance.speed_priority", float, 0.5, (0.0, 1.0), "user"),
     ("ml.performance.memory_limit_mb", int, 2048, (512, 32768), "user"),

@@ -45,8 +45,10 @@ def test_pip_install_dot_in_a_fresh_venv_ships_defaults_toml(tmp_path):
         [str(bin_dir / "python"), "-c",
          "import sys, mlprefs_sdk; print(mlprefs_sdk.__file__); "
          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-         "('cattrs', 'watchfiles', 'numpy', 'torch')))"],
+         "('cattrs', 'watchfiles', 'numpy', 'torch', 'mlflow', 'wandb', 'openfeature', "
+         "'jsonschema')))"],
         capture_output=True, text=True, cwd=work, env=env, timeout=120)
     location, heavy = imported.stdout.splitlines()
     assert env_dir in Path(location).parents
+    assert (Path(location).parent / "py.typed").is_file(), "the wheel must ship py.typed"
     assert heavy == "[]", "import mlprefs_sdk must not import cattrs, watchfiles or a framework"

@@ -32,7 +32,11 @@ from ._model_values import (
     version_text,
 )
 
-__all__ = ["ModelRegistry", *PUBLIC]
+# Spelled out (not *PUBLIC): type checkers read __all__ literally to see what is re-exported.
+__all__ = ["ModelRegistry", "ModelVersion", "Move", "UpdateCheck", "ModelNotFoundError",
+           "DuplicateVersionError", "InvalidModelError", "ModelStateError",
+           "NoQualifyingModelError", "ModelLoadError"]
+assert set(__all__) == {"ModelRegistry", *PUBLIC}
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +171,7 @@ class ModelRegistry:
                 _move_pointer(db, name, current, version)
                 _record(db, name, "promote", current, version, now, actor, reason)
                 log.info("mlprefs: %s active version %s -> %s by %s", name, current, version, actor)
-        return self.get(name, version)
+        return self._synced(self.get(name, version))
 
     def deprecate(self, name: str, version: str | int, reason: str | None = None) -> ModelVersion:
         """Retire a version: never selected, loaded as a fallback, or rolled back to."""
@@ -214,7 +218,23 @@ class ModelRegistry:
             _move_pointer(db, name, current, target)
             _record(db, name, "rollback", current, target, now, actor, reason)
         log.info("mlprefs: %s rolled back %s -> %s by %s", name, current, target, actor)
-        return self.get(name, target)
+        return self._synced(self.get(name, target))
+
+    # -- MLflow's registry (integrations/mlflow.py) ------------------------------------
+    def import_mlflow(self, name: str, tracking_uri: str | None = None) -> list[ModelVersion]:
+        """Bring in an MLflow registered model's versions; its ml.models.mlflow_alias version
+        becomes active. Returns the versions that were new."""
+        from ..integrations.mlflow import import_registered_model
+
+        return import_registered_model(self, self._client, name, tracking_uri)
+
+    def _synced(self, mv: ModelVersion) -> ModelVersion:
+        """With ml.models.mlflow_sync on, an imported model's MLflow alias follows the move."""
+        if self._client.get("ml.models.mlflow_sync") and "mlflow.registered_model" in mv.tags:
+            from ..integrations.mlflow import move_alias
+
+            move_alias(mv, self._client.get("ml.models.mlflow_alias"))
+        return mv
 
     # -- choosing ------------------------------------------------------------------
     def select(self, name: str | None = None) -> ModelVersion:

@@ -369,3 +369,11 @@ def test_the_tuning_keys_have_their_lower_bounds(home):
         assert prefs.spec("ml.tuning.timeout_minutes").min == 0.0
         with pytest.raises(ValidationError):
             prefs.set("ml.tuning.n_trials", 0)
+
+
+def test_train_returning_a_non_number_fails_that_trial_only(home, caplog):
+    with enabled() as prefs:
+        result = prefs.tune(lambda p: "good" if p.get(PATIENCE) == 3 else 1.0,
+                            space={PATIENCE: {"choices": [3, 4]}}, n_trials=6, seed=0)
+    assert {t.values[PATIENCE]: t.state for t in result.trials} == {3: "failed", 4: "complete"}
+    assert "train returned 'good'" in caplog.text

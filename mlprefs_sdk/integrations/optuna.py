@@ -263,7 +263,13 @@ def run_in_process(client: Client, train: Callable[[Client], float | None],
         if objective is None:
             objective = reporter.best
         else:
-            objective = float(objective)
+            try:
+                objective = float(objective)
+            except (TypeError, ValueError):
+                log.error("mlprefs: trial %d failed: train returned %r, not a number or None",
+                          trial.number, objective)
+                st.tell(trial, state=States.FAIL)
+                return
         _tell(st, trial, objective, reporter.pruned,
               "train returned None and no check reported ml.training.early_stopping_metric")
 

@@ -22,10 +22,12 @@ def main() -> None:
     with client(args) as prefs:
         model = SGDRegressor(learning_rate="constant")   # eta0 comes from the preferences
         try:
-            fit_incremental(model, X[:cut], y[:cut], prefs, X_val=X[cut:], y_val=y[cut:])
+            model = fit_incremental(model, X[:cut], y[:cut], prefs, X_val=X[cut:], y_val=y[cut:])
         except KeyboardInterrupt:
             print("interrupted")
-        print(f"fitted: coef {np.round(model.coef_, 2)}")
+            return
+        run = model.mlprefs_run_  # the run: id, iterations, stop reason
+        print(f"fitted: coef {np.round(model.coef_, 2)}; {run.iteration} passes, stopped: {run.stop_reason}")
 
 
 if __name__ == "__main__":

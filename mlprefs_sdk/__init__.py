@@ -15,6 +15,7 @@ from .errors import (
     ValidationError,
 )
 from .events import Subscription
+from .tuning import NoCompletedTrialError, TrialResult, TuneResult
 from .values import Change, ChangeSet, Explanation, HistoryEntry, LayerValue, Problem, Source
 
 if TYPE_CHECKING:  # type checkers see the classes; at run time __getattr__ imports them
@@ -48,6 +49,9 @@ __all__ = [
     "ViewChangedError",
     "DifferentialPrivacyError",
     "MlflowSyncError",
+    "TuneResult",
+    "TrialResult",
+    "NoCompletedTrialError",
 ]
 
 # Errors of optional parts (prefs.data.filter, integrations.opacus / mlflow), imported on first use so

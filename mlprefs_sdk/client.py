@@ -75,7 +75,7 @@ class Client:
         self._catalog = _packaged_catalog().copy()
         self._events = Dispatcher()
         self._lock = threading.RLock()  # serialises rebuilds; get() never takes it
-        self._override_stack: list[Mapping[str, Any]] = []
+        self._override_stack: list[tuple[Mapping[str, Any], str]] = []  # (values, source detail)
         self._rank_layers: tuple[L.Layer, ...] = ()  # rank 0's values on other ranks (distributed.py)
         self._overrides = dict(overrides or {})
         self._files = tuple(os.path.abspath(os.fspath(f)) for f in files)
@@ -184,6 +184,11 @@ class Client:
             raise UnknownKeyError(key, self._catalog.suggest(key))
         return self._view.explain(key)
 
+    def tables(self, name: str) -> list[tuple[Source, Mapping[str, Any]]]:
+        """The `[name]` table (e.g. "tune") of every TOML layer that has one, lowest layer first."""
+        return [(Source(layer.name, layer.path), layer.tables[name])
+                for slot in LAYERS for layer in self._slots.get(slot, ()) if name in layer.tables]
+
     def spec(self, key: str) -> KeySpec:
         return self._catalog[key]
 
@@ -288,9 +293,12 @@ class Client:
         return self._set_many({key: entry.new}, scope, reason)[0]
 
     @contextlib.contextmanager
-    def override(self, values: Mapping[str, Any]) -> Iterator["Client"]:
-        """Runtime values for the block (validated first); the previous view returns on exit."""
-        frame = dict(values)
+    def override(self, values: Mapping[str, Any], detail: str | None = None) -> Iterator["Client"]:
+        """Runtime values for the block (validated first); the previous view returns on exit.
+
+        `detail` says where they come from in explain() (e.g. "optuna trial 3 of study s").
+        """
+        frame = (dict(values), detail or "override")
         with self._lock:
             self._override_stack.append(frame)
             try:
@@ -395,10 +403,10 @@ class Client:
         if slot == "env":
             return (L.env_layer() if self._use_env else L.Layer("env", {}),)
         if slot == "runtime":
-            merged: dict[str, Any] = dict(self._overrides)
-            for values in self._override_stack:
-                merged.update(values)
-            return (L.mapping_layer("runtime", merged, detail="override"), *self._rank_layers)
+            entries = dict(L.mapping_layer("runtime", self._overrides, detail="override").entries)
+            for values, detail in self._override_stack:
+                entries.update(L.mapping_layer("runtime", values, detail=detail).entries)
+            return (L.Layer("runtime", entries), *self._rank_layers)
         raise AssertionError(slot)
 
     def _resolve(self, replace: Mapping[str, tuple[L.Layer, ...]] | None = None) -> tuple[View, list[Problem]]:
@@ -535,6 +543,16 @@ class Client:
                 if self._pm is None:
                     self._pm = make_plugin_manager(self.register)
         return self._pm
+
+    def tune(self, train: Callable[["Client"], float | None], space: Mapping[str, Any] | None = None,
+             n_trials: int | None = None, timeout_s: float | None = None, study: str | None = None,
+             *, seed: int | None = None) -> Any:
+        """Optuna over the [tune.space] keys; each trial calls train(self) with the trial's
+        values in the runtime layer (SPEC section 9). Needs ml.features.auto_optimization."""
+        from .tuning import tune
+
+        return tune(self, train, space=space, n_trials=n_trials, timeout_s=timeout_s,
+                    study=study, seed=seed)
 
     def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
                        run_id: str | None = None, distributed: Any = False) -> TrainingHooks:

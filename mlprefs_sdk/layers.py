@@ -37,6 +37,7 @@ class Layer:
     problems: tuple[Problem, ...] = ()
     meta: Mapping[str, Any] = attrs.field(factory=dict)
     trusted: bool = False
+    tables: Mapping[str, Any] = attrs.field(factory=dict)  # a TOML file's reserved tables ([tune])
 
     def __attrs_post_init__(self) -> None:
         assert self.name in LAYERS, self.name
@@ -68,7 +69,8 @@ def file_layer(name: str, path: str, section: str | None = None) -> Layer:
     if doc is None:
         return Layer(name, {}, path)
     entries = {key: Entry(value, Source(name, path, line)) for key, (value, line) in doc.values.items()}
-    return Layer(name, entries, path, problems=_in_layer(doc.problems, name), meta=dict(doc.meta))
+    return Layer(name, entries, path, problems=_in_layer(doc.problems, name), meta=dict(doc.meta),
+                 tables=dict(doc.tables))
 
 
 def _in_layer(problems: Iterable[Problem], layer: str) -> tuple[Problem, ...]:

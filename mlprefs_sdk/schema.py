@@ -9,7 +9,7 @@ dotted property name, all pointing at one shared definition per path in `$defs`.
 What the schema checks is what the Client checks when it reads a file: each key's type,
 min/max, choices and non-empty strings; an unknown ml.* key is an error (other namespaces
 may hold keys a plugin registers later, so they are let through, as mlprefs does); the
-`[project]` table; and `[tune.space]`, one entry per catalog key, `{low, high, log}` (numeric
+`[project]` table; and `[tune.space]`, one entry per catalog key, `{low, high, log, step}` (numeric
 keys, within the key's range) or `{choices = [...]}` (values the key accepts).
 """
 
@@ -74,7 +74,9 @@ def space_schema(spec: KeySpec) -> dict[str, Any]:
         bound["maximum"] = spec.max
     span = {
         "type": "object",
-        "properties": {"low": bound, "high": bound, "log": {"type": "boolean", "default": False}},
+        "properties": {"low": bound, "high": bound, "log": {"type": "boolean", "default": False},
+                       "step": {"type": "integer" if spec.type is int else "number",
+                                "exclusiveMinimum": 0}},
         "required": ["low", "high"],
         "additionalProperties": False,
     }

@@ -28,6 +28,8 @@ __all__ = ["TomlDoc", "read_toml", "read_bytes", "parse_toml", "key_lines", "fla
 _POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 META_FIELDS = ("name", "template")  # [project] entries that must be strings
 MAX_FILE_BYTES = 16 << 20  # a preferences file beyond this is refused, not parsed for seconds
+# Tables that configure a feature rather than set keys (`[tune.space]`: the search space).
+RESERVED_TABLES = ("tune",)
 
 
 @attrs.frozen
@@ -39,6 +41,7 @@ class TomlDoc:
     values: Mapping[str, tuple[Any, int | None]]
     meta: Mapping[str, Any]
     problems: tuple[Problem, ...] = ()
+    tables: Mapping[str, Any] = attrs.field(factory=dict)  # RESERVED_TABLES found in the file
 
 
 def read_toml(path: str, section: str | None = None, meta_table: str = "project") -> TomlDoc | None:
@@ -159,9 +162,13 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
     meta: dict[str, Any] = {}
     if meta_table and meta_table in data:
         meta, problems = _meta(data[meta_table], meta_table, path, prefix, lines)
+    tables = {name: data[name] for name in RESERVED_TABLES
+              if meta_table and isinstance(data.get(name), dict)}
     values: dict[str, tuple[Any, int | None]] = {}
     for keypath, value in _walk(data):
         if meta_table and keypath[0] == meta_table:
+            continue
+        if keypath[0] in tables:
             continue
         key = ".".join(keypath)
         line = lines.get(prefix + keypath)
@@ -173,7 +180,7 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
                 f"{f'at line {first}' if first else 'before it'}, which is used", "duplicate-key"))
             continue
         values[key] = (value, line)
-    return TomlDoc(path, values, meta, tuple(problems))
+    return TomlDoc(path, values, meta, tuple(problems), tables)
 
 
 def _meta(table: Any, name: str, path: str, prefix: tuple[str, ...],

@@ -31,6 +31,7 @@ NEXT_RUN_KEYS = frozenset({
     "ml.models.default_framework",
 })
 MAX_ITERATIONS = "ml.training.max_iterations"
+REGULARIZATION_L1 = "ml.training.regularization_l1"
 FLUSH_AFTER_S = 1.0  # changes applied mid-epoch reach the store at the latest this much later
 
 
@@ -52,6 +53,12 @@ class MetricNotFoundError(MlprefsError, LookupError):
 def new_run_id() -> str:
     """Sortable and readable: 20250101-120000-a1b2c3."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _trainable(model: Any) -> list[Any]:
+    if model is None or not hasattr(model, "parameters"):
+        return []
+    return [p for p in model.parameters() if getattr(p, "requires_grad", True)]
 
 
 class TrainingHooks:
@@ -125,6 +132,27 @@ class TrainingHooks:
             log.info("mlprefs: run %s stops after iteration %d: %s", self.run_id, self.iteration,
                      reason)
 
+    # -- L1: torch has no optimizer knob for it, so it is a loss term -----------------
+    def l1_penalty(self, model: Any = None) -> Any:
+        """regularization_l1 x the sum of |w| over the model's trainable parameters: add it
+        to the loss (`loss = loss + hooks.l1_penalty(model)`); 0.0 when the key is 0."""
+        l1 = self.get(REGULARIZATION_L1)
+        params = _trainable(model if model is not None else self.model)
+        if not l1 or not params:
+            return 0.0
+        return l1 * sum(p.abs().sum() for p in params)
+
+    def add_l1_gradient(self, model: Any = None) -> None:
+        """What l1_penalty adds to the loss, added to the gradients instead (l1 x sign(w)):
+        for adapters that cannot reach the loss (Lightning, Transformers), once per
+        optimizer step, after backward."""
+        l1 = self.get(REGULARIZATION_L1)
+        if not l1:
+            return
+        for p in _trainable(model if model is not None else self.model):
+            if p.grad is not None:
+                p.grad.add_(p.detach().sign(), alpha=l1)
+
     # -- wiring -------------------------------------------------------------------
     def attach(self, optimizer: Any = None, scheduler: Any = None, model: Any = None) -> None:
         """Add objects a framework builds after the callback (they get the current values)."""
@@ -138,7 +166,8 @@ class TrainingHooks:
             self._hook.mlprefs_attach(hooks=self)
 
     def add_applier(self, fn: Callable[[Mapping[str, Any]], None]) -> None:
-        """For optimizers without param_groups: fn gets {"learning_rate": .., "regularization_l2": ..}."""
+        """For optimizers without param_groups: fn gets {"learning_rate": ..,
+        "regularization_l1": .., "regularization_l2": ..} at start, then the changed ones."""
         if not callable(fn):
             raise TypeError(f"an applier must be callable, got {fn!r}")
         self.appliers.append(fn)

@@ -70,6 +70,10 @@ SPEC_TABLE = [
     ("ml.experiments.experiment_duration_days", int, 7, (1, 90), "admin"),
     ("ml.experiments.statistical_significance", float, 0.05, (0.01, 0.1), "admin"),
     ("ml.experiments.min_sample_size", int, 1000, (100, 100000), "admin"),
+    ("ml.tuning.n_trials", int, 20, None, "user"),  # min 1, no max: test_tune.py
+    ("ml.tuning.sampler", str, "tpe", ("tpe", "random", "qmc"), "user"),
+    ("ml.tuning.pruner", str, "median", ("median", "hyperband", "none"), "user"),
+    ("ml.tuning.timeout_minutes", float, 0.0, None, "user"),  # min 0, no max: test_tune.py
 ]
 
 

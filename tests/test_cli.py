@@ -110,7 +110,7 @@ def test_list_prints_every_key_under_a_prefix(home, capsys):
     assert code == 0 and len(lines) == 12
     assert lines["ml.training.learning_rate"] == ["=", "0.001", "[user]"]
     code, rows = run_json(capsys, "list")
-    assert len(rows) == 58
+    assert len(rows) == 62
     assert {r["key"]: r for r in rows}["ml.data.sharing_allowed"]["sensitive"] is True
 
 
@@ -249,7 +249,7 @@ def test_export_toml_masks_sensitive_values_and_imports_back(home, project_dir, 
     with Client() as prefs:
         prefs.unset(BATCH)
     code, out, _ = run(capsys, "--project", "churn", "import", "exported.toml", "--scope", "project")
-    assert code == 0 and out == "imported 57 value(s) from exported.toml into project scope\n"
+    assert code == 0 and out == "imported 61 value(s) from exported.toml into project scope\n"
     with Client(project="churn") as prefs:
         assert prefs.get(BATCH) == 64
         assert prefs.explain("ml.data.sharing_allowed").source.layer == "defaults"

@@ -72,7 +72,7 @@ def test_a_snapshot_is_immutable_and_does_not_follow_later_changes(prefs):
         snap[LR] = 0.5  # type: ignore[index]
     prefs.set(LR, 0.5)
     assert snap[LR] == 0.001 and prefs.snapshot()[LR] == 0.5
-    assert len(snap) == 58
+    assert len(snap) == 62
 
 
 def test_the_spec_message_format(home, project_dir):

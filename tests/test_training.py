@@ -88,7 +88,7 @@ def test_weight_decay_goes_to_every_group_when_none_had_it(home):
     assert [g["weight_decay"] for g in opt.param_groups] == [0.03, 0.03]
 
 
-def test_appliers_get_both_values_at_start_and_only_the_changed_one_after(home):
+def test_appliers_get_every_value_at_start_and_only_the_changed_one_after(home):
     write("[ml.training]\nlearning_rate = 0.02\nregularization_l2 = 0.003\n")
     seen = []
     with Client() as prefs:
@@ -97,7 +97,8 @@ def test_appliers_get_both_values_at_start_and_only_the_changed_one_after(home):
         hooks.on_train_start()
         edit(prefs, "[ml.training]\nlearning_rate = 0.01\nregularization_l2 = 0.003\n")
         hooks.on_step_end(0)
-    assert seen == [{"learning_rate": 0.02, "regularization_l2": 0.003}, {"learning_rate": 0.01}]
+    assert seen == [{"learning_rate": 0.02, "regularization_l1": 0.01, "regularization_l2": 0.003},
+                    {"learning_rate": 0.01}]
 
 
 def test_an_optimizer_attached_after_train_start_gets_the_current_values(home):

@@ -139,3 +139,29 @@ def test_importing_without_xgboost_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "mlprefs_sdk.integrations.xgboost")
     with pytest.raises(ImportError, match=r'pip install "mlprefs-sdk\[xgboost\]"'):
         importlib.import_module("mlprefs_sdk.integrations.xgboost")
+
+
+def alpha(booster) -> float:
+    config = json.loads(booster.save_config())
+    return float(config["learner"]["gradient_booster"]["tree_train_param"]["alpha"])
+
+
+class RecordAlpha(xgb.callback.TrainingCallback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def before_iteration(self, model, epoch, evals_log):
+        self.seen.append(round(alpha(model), 6))
+        return False
+
+
+def test_regularization_l1_is_the_boosters_alpha_and_changes_live(home):
+    write("[ml.training]\nregularization_l1 = 0.5\nearly_stopping_enabled = false\n")
+    train, val = data()
+    record = RecordAlpha()
+    with Client() as prefs:
+        edit = EditAt(prefs, 1, "[ml.training]\nregularization_l1 = 0.0\nearly_stopping_enabled = false\n")
+        xgb.train({"alpha": 3.0}, train, 4, evals=[(val, "val")], verbose_eval=False,
+                  callbacks=[edit, MlprefsCallback(prefs), record])
+    assert record.seen == [0.5, 0.5, 0.0, 0.0]

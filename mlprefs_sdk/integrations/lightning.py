@@ -3,6 +3,8 @@
 Lightning builds the optimizers after the callback exists and restores their state from a
 checkpoint after ``on_fit_start``, so everything is attached at ``on_train_start``: the
 preferences, not the constructor or an old checkpoint, decide the learning rate.
+``regularization_l1`` is added for you: its term's gradient (l1 x sign(w)) joins the
+gradients before each optimizer step, as if ``hooks.l1_penalty(model)`` were in the loss.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ class MlprefsCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         self.hooks.on_step_end(trainer.global_step)  # type: ignore[union-attr]
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: Any) -> None:
+        # regularization_l1: the gradient of hooks.l1_penalty(), once per optimizer step
+        # (after every accumulated backward, before clipping): the loss itself is out of reach.
+        if self.hooks is not None:
+            self.hooks.add_l1_gradient(pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.hooks is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:

@@ -7,8 +7,13 @@ regressors, log-loss for classifiers. max_iterations counts passes.
 
 Learning rate: SGD estimators take it as `eta0`; MLP estimators as `learning_rate_init`,
 which `partial_fit` reads only on its first call, so the adapter also updates the
-estimator's optimizer in place. regularization_l2 becomes `alpha` where `alpha` is an L2
-penalty (SGD with penalty="l2", MLP).
+estimator's optimizer in place. The penalties follow the estimator's own `penalty`: SGD with
+penalty="elasticnet" takes `alpha = l1 + l2` and `l1_ratio = l1 / (l1 + l2)` (from
+regularization_l1 and regularization_l2), penalty="l1" takes `alpha = l1`, penalty="l2" (and
+MLP's `alpha`) `alpha = l2`.
+
+Like scikit-learn's own `fit`, fit_incremental returns the fitted estimator; the run (its
+TrainingHooks: run_id, stop_reason, iteration) is its `mlprefs_run_` attribute.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ log = logging.getLogger(__name__)
 def fit_incremental(estimator: Any, X: Any, y: Any, prefs: Any, X_val: Any = None,
                     y_val: Any = None, classes: Sequence[Any] | None = None,
                     run_id: str | None = None) -> Any:
-    """Train with partial_fit until early stopping or max_iterations; returns the TrainingHooks.
+    """Train with partial_fit until early stopping or max_iterations; returns the estimator.
 
-    The run's stop_reason, run_id and iteration count are on the returned object.
+    The run (run_id, stop_reason, iteration) is `estimator.mlprefs_run_`.
     """
     if not hasattr(estimator, "partial_fit"):
         raise TypeError(f"{type(estimator).__name__} has no partial_fit; fit_incremental needs an "
@@ -67,7 +72,8 @@ def fit_incremental(estimator: Any, X: Any, y: Any, prefs: Any, X_val: Any = Non
         hooks.close()  # the run stays "running" in the store: it can be resumed by its id
         raise
     hooks.on_train_end()
-    return hooks
+    estimator.mlprefs_run_ = hooks
+    return estimator
 
 
 def _array(a: Any) -> Any:
@@ -100,14 +106,23 @@ def _applier(estimator: Any) -> Any:
         lr_param = None
         log.info("mlprefs: %s has no learning rate parameter; ml.training.learning_rate does "
                  "not apply to it", name)
-    l2_param = "alpha" if "alpha" in params and params.get("penalty", "l2") == "l2" else None
+    penalty = params.get("penalty", "l2") if "alpha" in params else None
+    strengths = {"regularization_l1": 0.0, "regularization_l2": 0.0}  # as last applied
 
     def apply(values: Mapping[str, float]) -> None:
-        update = {}
+        update: dict[str, Any] = {}
         if lr_param and "learning_rate" in values:
             update[lr_param] = values["learning_rate"]
-        if l2_param and "regularization_l2" in values:
-            update[l2_param] = values["regularization_l2"]
+        strengths.update((k, v) for k, v in values.items() if k in strengths)
+        l1, l2 = strengths["regularization_l1"], strengths["regularization_l2"]
+        if penalty == "l2" and "regularization_l2" in values:
+            update["alpha"] = l2
+        elif penalty == "l1" and "regularization_l1" in values:
+            update["alpha"] = l1
+        elif penalty == "elasticnet" and strengths.keys() & values.keys():
+            update["alpha"] = l1 + l2
+            if l1 + l2 > 0:
+                update["l1_ratio"] = l1 / (l1 + l2)
         if update:
             estimator.set_params(**update)
         optimizer = getattr(estimator, "_optimizer", None)  # MLP: built by the first partial_fit

@@ -4,6 +4,8 @@ The Trainer creates its optimizer and LR scheduler (and loads them from a checkp
 ``on_train_begin``; they are attached there. Its default schedules are LambdaLRs that
 recompute the LR from ``base_lrs`` at every step, so the scheduler is attached too and the
 preference rescales ``base_lrs`` instead of being undone one step later.
+``regularization_l1`` is added for you: its term's gradient (l1 x sign(w)) joins the
+gradients before each optimizer step, as if ``hooks.l1_penalty(model)`` were in the loss.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ class MlprefsCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         self.hooks.on_step_end(state.global_step)  # type: ignore[union-attr]
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                              control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
+        # regularization_l1: the gradient of hooks.l1_penalty(), once per optimizer step
+        # (after gradient accumulation): the Trainer's loss is out of a callback's reach.
+        if self.hooks is not None and model is not None:
+            self.hooks.add_l1_gradient(model)
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: Mapping[str, float] | None = None, **kwargs: Any) -> None:

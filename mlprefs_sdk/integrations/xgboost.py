@@ -2,7 +2,8 @@
 
 Each boosting round is one step and one iteration (max_iterations counts rounds). The
 learning rate is set with `booster.set_param("learning_rate", ...)` before a round, so an
-edit lands at the next round; regularization_l2 becomes `lambda` (XGBoost's L2 penalty).
+edit lands at the next round; regularization_l2 becomes `lambda` (XGBoost's L2 penalty) and
+regularization_l1 `alpha` (its L1 penalty), live too.
 Metrics are named `<eval name>-<metric>` (`val-rmse`); when early stopping monitors the
 default `val_loss` and there is none, the last metric of the last eval set is used, as
 XGBoost's own EarlyStopping does. With restore_best_weights the trained model is cut back to
@@ -22,11 +23,11 @@ __all__ = ["MlprefsCallback"]
 
 log = logging.getLogger(__name__)
 
-PARAMS = {"learning_rate": "learning_rate", "regularization_l2": "lambda"}
+PARAMS = {"learning_rate": "learning_rate", "regularization_l1": "alpha", "regularization_l2": "lambda"}
 
 
 class MlprefsCallback(xgb.callback.TrainingCallback):
-    """Live learning rate and L2, early stopping and max_iterations for xgboost.train / XGB*."""
+    """Live learning rate, L1 and L2, early stopping and max_iterations for xgboost.train / XGB*."""
 
     def __init__(self, prefs: Any, run_id: str | None = None) -> None:
         super().__init__()

@@ -1,8 +1,9 @@
 """Plugin managers: one per Client, filled from the `mlprefs_sdk` entry-point group.
 
 The built-in plugins (early stopping, live hyperparameters, feature gates, learning curves,
-the DP privacy budget, experiment trackers) are declared in pyproject.toml under that group,
-exactly like a third-party plugin. Loading entry points scans every installed distribution (tens of ms), so the loaded plugin objects -
+the DP privacy budget, experiment trackers, tuning trials) are declared in pyproject.toml
+under that group, exactly like a third-party plugin. Loading entry points scans every
+installed distribution (tens of ms), so the loaded plugin objects -
 code, not state - are cached per process and per sys.path; each Client still gets a fresh
 PluginManager of its own.
 """
@@ -26,7 +27,7 @@ __all__ = ["PluginError", "make_plugin_manager", "hookimpl", "BUILTINS", "DISABL
 log = logging.getLogger(__name__)
 
 BUILTINS = ("early_stopping", "hyperparameters", "feature_gates", "learning_curves",
-            "privacy_budget", "trackers")
+            "privacy_budget", "trackers", "tuning")
 DISABLE_ENV = "MLPREFS_DISABLE_PLUGINS"  # comma-separated plugin names not to load
 
 
@@ -46,11 +47,13 @@ def _builtin_modules() -> dict[str, Any]:
         learning_curves,
         privacy_budget,
         trackers,
+        tuning,
     )
 
     return {"early_stopping": early_stopping, "hyperparameters": hyperparameters,
             "feature_gates": feature_gates, "learning_curves": learning_curves,
-            "privacy_budget": privacy_budget, "trackers": trackers}
+            "privacy_budget": privacy_budget, "trackers": trackers,
+            "tuning": tuning}
 
 
 @functools.lru_cache(maxsize=8)

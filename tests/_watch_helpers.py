@@ -85,3 +85,21 @@ def toml(project_dir: Path) -> Path:
     path = project_dir / "mlprefs.toml"
     path.write_text(lr_toml(0.01))
     return path
+
+
+def save_paused(path: Path, head: str, tail: str, pause: float) -> float:
+    """Truncate in place, write head, pause, write tail (a slow chunked writer).
+
+    Returns how long the file really sat half-written, from the end of the first write to
+    the start of the second: a loaded machine can oversleep the pause asked for.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, head.encode())
+        written = time.perf_counter()
+        time.sleep(pause)
+        resumed = time.perf_counter()
+        os.write(fd, tail.encode())
+    finally:
+        os.close(fd)
+    return resumed - written

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from _watch_helpers import (Recorder, backend, lr_toml, save_atomic, save_in_place,  # noqa
-                            save_vim_backup, toml, wait_for)
+                            save_paused, save_vim_backup, toml, wait_for)
 from mlprefs_sdk import Client, ConfigFileError, ValidationError
-from mlprefs_sdk._statpoll import GRACE_S, remote_filesystem
+from mlprefs_sdk._statpoll import GRACE_S, QUIET_S, remote_filesystem
 
 LR = "ml.training.learning_rate"
 DEFAULT_LR = 0.001
@@ -129,6 +129,26 @@ def test_in_place_save_pausing_after_truncation_never_applies_the_empty_file(pre
         f.write(lr_toml(0.02))
     assert wait_for(lambda: prefs.get(LR) == 0.02)
     assert changes.values(LR) == [0.02]
+
+
+def test_in_place_writer_pausing_1_to_9_ms_half_way_is_never_applied_half_written(prefs,
+                                                                                   toml):
+    # The head alone is valid TOML (iterations without their patience): applying it is the bug.
+    iters, patience = "ml.training.max_iterations", "ml.training.early_stopping_patience"
+    applied: list[tuple[int, int]] = []  # every view swapped in: (iterations, patience)
+    prefs.on_change("ml.training.*", lambda cs: applied.append((prefs.get(iters),
+                                                                prefs.get(patience))))
+    overslept = set()
+    for i, pause_ms in enumerate([*range(1, 10)] * 3):
+        n = i + 1
+        real = save_paused(toml, f"[ml.training]\nmax_iterations = {1000 + n}\n",
+                           f"early_stopping_patience = {n}\n", pause_ms / 1000)
+        if real >= QUIET_S:  # the machine slept past the quiet period: applying it is right
+            overslept.add(1000 + n)
+        assert wait_for(lambda: prefs.get(patience) == n)
+    half = [(it, p) for it, p in applied if p != it - 1000 and it not in overslept]
+    assert half == [], f"applied half-written (iterations, patience): {half}"
+    assert len(overslept) < 27, "every pause overslept: nothing was tested"
 
 
 # -- bad edits ------------------------------------------------------------------------------

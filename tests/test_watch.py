@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -340,6 +341,28 @@ def test_twenty_open_close_cycles_leak_no_threads_or_descriptors(home, backend):
 def open_files() -> list[str]:
     return [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}") or os.path.islink(f"/proc/self/fd/{fd}")]
+
+
+def watcher_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mlprefs-watcher"]
+
+
+def test_twenty_dropped_clients_leave_no_watcher_thread(home, toml, backend):
+    before = len(watcher_threads())
+    for _ in range(20):  # a notebook cell re-run 20 times, never calling close()
+        prefs = Client(watch=True)
+        assert prefs.get(LR) == 0.01
+    del prefs
+    gc.collect()
+    assert wait_for(lambda: len(watcher_threads()) <= before), watcher_threads()
+
+
+def test_a_dropped_client_callback_referencing_it_still_stops(home, toml, backend):
+    prefs = Client(watch=True)  # a callback closing over the client makes a cycle
+    prefs.on_change("ml.*", lambda changes: prefs.get(LR))
+    del prefs
+    gc.collect()
+    assert wait_for(lambda: not watcher_threads()), watcher_threads()
 
 
 def test_watch_twice_keeps_one_watcher(prefs):

@@ -64,7 +64,7 @@ def find_project_file(start: str | None = None) -> tuple[str, str | None] | None
     chain = [here, *here.parents]
     for d in chain:
         candidate = d / "mlprefs.toml"
-        if candidate.is_file():
+        if _present(str(candidate)):  # a directory or FIFO there is reported, not skipped
             return str(candidate), None
     for d in chain:
         candidate = d / "pyproject.toml"
@@ -77,3 +77,14 @@ def find_project_file(start: str | None = None) -> tuple[str, str | None] | None
                 return str(candidate), "tool.mlprefs"
             return None
     return None
+
+
+def _present(path: str) -> bool:
+    """Something is there (even a FIFO, a directory or a symlink loop); not dangling/absent."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # a symlink loop, permission denied: the reader reports it
+        return True
+    return True

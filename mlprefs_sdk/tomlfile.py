@@ -5,7 +5,9 @@ tomllib gives values but no positions, so a small scanner maps each dotted key t
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from typing import Any, Iterator, Mapping
 
@@ -32,12 +34,22 @@ class TomlDoc:
 def read_toml(path: str, section: str | None = None, meta_table: str = "project") -> TomlDoc | None:
     """None when the file does not exist; ConfigFileError when it cannot be read or parsed."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return None
     except OSError as e:
         raise _file_error(path, None, None, f"cannot read file: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _file_error(path, None, None, f"not a regular file but a {_kind(mode)}; "
+                                            "replace it with a TOML file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read()
+        except OSError as e:
+            raise _file_error(path, None, None, f"cannot read file: {e.strerror or e}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -69,6 +81,15 @@ def parse_toml(text: str, path: str, section: str | None = None, meta_table: str
             continue
         values[key] = (value, lines.get(prefix + key))
     return TomlDoc(path, values, meta)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _file_error(path: str, line: int | None, col: int | None, reason: str) -> ConfigFileError:

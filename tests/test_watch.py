@@ -207,6 +207,72 @@ def test_a_bad_edit_is_reported_once(prefs, toml, errors):
     assert len(errors) == 1
 
 
+# -- strange things at a followed path ------------------------------------------------------
+def put_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def put_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def put_symlink_loop(path: Path) -> None:
+    path.unlink()
+    os.symlink(path.name, path)  # mlprefs.toml -> mlprefs.toml
+
+
+def put_unreadable(path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its mode")
+    path.chmod(0)
+
+
+def clear(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("put", [put_fifo, put_directory, put_symlink_loop, put_unreadable])
+def test_non_regular_or_unreadable_project_file_is_an_error_and_the_last_good_values_stay(
+        prefs, toml, errors, caplog, put):
+    caplog.set_level(logging.ERROR)
+    put(toml)
+    assert wait_for(lambda: len(errors) >= 1), "no error event: the layer was dropped silently"
+    err = errors.items[0]
+    assert isinstance(err, ConfigFileError) and err.path == str(toml)
+    assert "mlprefs.toml" in caplog.text and "last good" in caplog.text
+    assert prefs.get(LR) == 0.01
+    assert prefs._watcher.alive
+
+
+@pytest.mark.parametrize("put", [put_fifo, put_directory, put_symlink_loop])
+def test_watcher_applies_a_good_file_after_a_non_regular_one(prefs, toml, errors, put):
+    put(toml)
+    assert wait_for(lambda: len(errors) >= 1)
+    clear(toml)
+    toml.write_text(lr_toml(0.02))
+    assert wait_for(lambda: prefs.get(LR) == 0.02)
+
+
+def test_fifo_replacing_an_explicit_file_never_blocks_the_watcher(home, tmp_path, backend):
+    extra = tmp_path / "extra.toml"
+    extra.write_text(lr_toml(0.03))
+    with Client(files=[extra], watch=True) as prefs:
+        errors = Recorder()
+        prefs.on_error(errors)
+        put_fifo(extra)
+        assert wait_for(lambda: len(errors) >= 1)
+        assert errors.items[0].path == str(extra) and "FIFO" in str(errors.items[0])
+        assert prefs.get(LR) == 0.03
+        # the thread is not stuck: an edit of another layer still applies
+        (home / "overrides.toml").write_text("[ml.performance]\nbatch_size = 48\n")
+        assert wait_for(lambda: prefs.get("ml.performance.batch_size") == 48)
+
+
 # -- delivery ---------------------------------------------------------------------------------
 def test_one_edit_changing_three_keys_is_one_change_set(prefs, toml, changes):
     save_atomic(toml, "[ml.training]\nlearning_rate = 0.02\nmax_iterations = 50\n"

@@ -393,7 +393,10 @@ class Watcher:
             self._stop.set()
             if client is not None and getattr(client, "_watcher", None) is self:
                 client._watcher = None
-            _orphans.append(self)  # never drop the parent's native watcher state in the child
+            if isinstance(self._source, _inotify.Inotify):
+                self._source.close()  # a plain descriptor: closing the child's copy is safe
+            _orphans.append(self)  # never drop watchfiles' notifier in the child (its thread
+            #                        and locks are the parent's): keep the object forever
         self._held_locks = []
 
     def _locks(self) -> list[Any]:

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Self
 
 import pytest
 
@@ -135,7 +135,7 @@ class EditStream:
             save_atomic(self.path, lr_toml(round(0.01 + (self.count % 50) * 0.001, 4)))
             time.sleep(random.uniform(0.0, 0.015))
 
-    def __enter__(self) -> "EditStream":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -146,7 +146,7 @@ def test_in_place_writer_pausing_1_to_9_ms_half_way_is_never_applied_half_writte
                            f"early_stopping_patience = {n}\n", pause_ms / 1000)
         if real >= QUIET_S:  # the machine slept past the quiet period: applying it is right
             overslept.add(1000 + n)
-        assert wait_for(lambda: prefs.get(patience) == n)
+        assert wait_for(lambda n=n: prefs.get(patience) == n)
     half = [(it, p) for it, p in applied if p != it - 1000 and it not in overslept]
     assert half == [], f"applied half-written (iterations, patience): {half}"
     assert len(overslept) < 27, "every pause overslept: nothing was tested"
@@ -423,9 +423,19 @@ def test_twenty_dropped_clients_leave_no_watcher_thread(home, toml, backend):
     assert wait_for(lambda: len(watcher_threads()) <= before), watcher_threads()
 
 
-def test_a_dropped_client_callback_referencing_it_still_stops(home, toml, backend):
-    prefs = Client(watch=True)  # a callback closing over the client makes a cycle
-    prefs.on_change("ml.*", lambda changes: prefs.get(LR))
+class ReadsBack:
+    """A callback holding its client: client -> subscribers -> callback -> client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def __call__(self, changes) -> None:
+        self.client.get(LR)
+
+
+def test_a_dropped_client_its_own_callback_references_still_stops(home, toml, backend):
+    prefs = Client(watch=True)
+    prefs.on_change("ml.*", ReadsBack(prefs))
     del prefs
     gc.collect()
     assert wait_for(lambda: not watcher_threads()), watcher_threads()

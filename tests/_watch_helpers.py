@@ -90,16 +90,16 @@ def toml(project_dir: Path) -> Path:
 def save_paused(path: Path, head: str, tail: str, pause: float) -> float:
     """Truncate in place, write head, pause, write tail (a slow chunked writer).
 
-    Returns how long the file really sat half-written, from the end of the first write to
-    the start of the second: a loaded machine can oversleep the pause asked for.
+    Returns the longest the file can have sat half-written (from just before the first write
+    to just after the second): a loaded machine can oversleep the pause asked for.
     """
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
+        started = time.perf_counter()
         os.write(fd, head.encode())
-        written = time.perf_counter()
         time.sleep(pause)
-        resumed = time.perf_counter()
         os.write(fd, tail.encode())
+        done = time.perf_counter()
     finally:
         os.close(fd)
-    return resumed - written
+    return done - started

@@ -134,6 +134,33 @@ def test_in_place_save_pausing_after_truncation_never_applies_the_empty_file(pre
 
 def test_in_place_writer_pausing_1_to_9_ms_half_way_is_never_applied_half_written(prefs,
                                                                                    toml):
+    never_applied_half_written(prefs, toml)
+
+
+@pytest.fixture
+def watchfiles_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native backend on watchfiles' notifier, the source it uses off Linux."""
+    from mlprefs_sdk import _inotify
+
+    monkeypatch.setattr(_inotify, "available", lambda: False)
+    monkeypatch.setenv("MLPREFS_WATCH", "native")
+
+
+def test_watchfiles_source_never_applies_a_paused_writer_half_written(home, toml,
+                                                                      watchfiles_source):
+    with Client(watch=True) as prefs:
+        assert type(prefs._watcher._source).__name__ == "NativeEvents"
+        never_applied_half_written(prefs, toml)
+
+
+def test_watchfiles_source_applies_atomic_and_in_place_saves(home, toml, watchfiles_source):
+    with Client(watch=True) as prefs:
+        for value, save in ((0.02, save_atomic), (0.03, save_in_place), (0.04, save_atomic)):
+            save(toml, lr_toml(value))
+            assert wait_for(lambda value=value: prefs.get(LR) == value)
+
+
+def never_applied_half_written(prefs: Client, toml: Path) -> None:
     # The head alone is valid TOML (iterations without their patience): applying it is the bug.
     iters, patience = "ml.training.max_iterations", "ml.training.early_stopping_patience"
     applied: list[tuple[int, int]] = []  # every view swapped in: (iterations, patience)
@@ -142,9 +169,9 @@ def test_in_place_writer_pausing_1_to_9_ms_half_way_is_never_applied_half_writte
     overslept = set()
     for i, pause_ms in enumerate([*range(1, 10)] * 3):
         n = i + 1
-        real = save_paused(toml, f"[ml.training]\nmax_iterations = {1000 + n}\n",
-                           f"early_stopping_patience = {n}\n", pause_ms / 1000)
-        if real >= QUIET_S:  # the machine slept past the quiet period: applying it is right
+        window = save_paused(toml, f"[ml.training]\nmax_iterations = {1000 + n}\n",
+                             f"early_stopping_patience = {n}\n", pause_ms / 1000)
+        if window >= QUIET_S:  # the machine slept past the quiet period: applying it is right
             overslept.add(1000 + n)
         assert wait_for(lambda n=n: prefs.get(patience) == n)
     half = [(it, p) for it, p in applied if p != it - 1000 and it not in overslept]

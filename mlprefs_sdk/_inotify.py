@@ -2,7 +2,7 @@
 
 watchfiles' notifier hands events over in batches, two 10 ms steps after the first one at
 the earliest, so a save was seen 10-20 ms late and the quiet period came on top of that.
-Here the watcher thread blocks in select() on the inotify descriptor itself: it wakes the
+Here the watcher thread blocks in poll() on the inotify descriptor itself: it wakes the
 moment a followed file changes, and its timeout doubles as the quiet-period timer and the
 store poll tick. Modifications of files nobody follows (a log written next to
 mlprefs.toml) are read and dropped without a pass; anything structural (create, delete,
@@ -57,6 +57,8 @@ class Inotify:
             e = ctypes.get_errno()
             raise OSError(e, f"inotify_init1: {os.strerror(e)}")
         self._fd = fd
+        self._poll = select.poll()  # not select(): a busy process may have fds above 1024
+        self._poll.register(fd, select.POLLIN)
         self._wds: dict[str, int] = {}
         self._names: frozenset[str] = frozenset()
         self.dirs: tuple[str, ...] = ()
@@ -72,10 +74,7 @@ class Inotify:
         if self._fd < 0:
             stop.wait(timeout)
             return False
-        try:
-            ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
-        except InterruptedError:
-            return True
+        ready = self._poll.poll(max(0.0, timeout) * 1000)  # ms, rounded up
         return bool(ready) and self._drain()
 
     def _drain(self) -> bool:

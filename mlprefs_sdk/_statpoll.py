@@ -102,7 +102,7 @@ class Tracked:
     def suspicious(self) -> bool:
         """Gone or emptied after having content: most likely mid-save, so wait longer."""
         before, now = (self.first if self.handled is UNKNOWN else self.handled), self.seen
-        if not _is_file(before):
+        if before is None or not _is_file(before):
             return False
         return now is None or (_is_file(now) and now[2] == 0 and before[2] > 0)
 
@@ -168,16 +168,15 @@ class StoreProbe:
         self._last: Any = None
         self._hot = self._ticks = 0
 
-    def _wal_signature(self) -> Sig | None:
+    def _wal_signature(self, wal: str) -> Sig | None:
         if self._fd < 0:
             try:  # O_NONBLOCK: a FIFO planted at the -wal path must not hang the thread
-                self._fd = os.open(self._wal, os.O_RDONLY | os.O_NONBLOCK
-                                   | getattr(os, "O_CLOEXEC", 0))
+                self._fd = os.open(wal, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
             except OSError:  # not created yet: stat by path until it is
-                return signature(self._wal)
+                return signature(wal)
             if not stat.S_ISREG(os.fstat(self._fd).st_mode):
                 self.close()  # not SQLite's file: watch it by path, never hold it open
-                return signature(self._wal)
+                return signature(wal)
         st = os.fstat(self._fd)
         if st.st_nlink == 0:  # replaced after all (the last connection went away): reopen
             self.close()
@@ -193,7 +192,7 @@ class StoreProbe:
         if self._off:
             return False
         if self._wal is not None:
-            sig = self._wal_signature()
+            sig = self._wal_signature(self._wal)
             self._ticks += 1
             if sig != self._last:
                 self._last, self._hot = sig, self.HOT_TICKS

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,7 +13,8 @@ from typing import Callable, Self
 
 import pytest
 
-from _watch_helpers import TIMEOUT_S, lr_toml, save_atomic, toml, wait_for  # noqa: F401
+from _watch_helpers import (TIMEOUT_S, Recorder, lr_toml, save_atomic, toml,  # noqa: F401
+                            wait_for)
 from mlprefs_sdk import Client
 
 LR = "ml.training.learning_rate"
@@ -119,13 +122,28 @@ def test_fork_waits_for_a_reload_in_progress(home, toml, caplog):
 
 # -- forks at random moments while the watcher works ------------------------------------------
 BATCH = "ml.performance.batch_size"
+ITERS = "ml.training.max_iterations"
+
+
+STORE_WRITER = f"""
+import time
+from mlprefs_sdk import Client
+prefs, i = Client(discover=False), 0
+while True:
+    i += 1
+    prefs.set({ITERS!r}, 100 + i % 500)
+    time.sleep(0.007)
+"""
 
 
 class EditStream:
-    """A thread saving new learning rates atomically, back to back, until stopped."""
+    """A thread saving new learning rates atomically, back to back, until stopped; with
+    `store=True` another process also writes the store every 7 ms, so the watcher reloads
+    the store layers (taking the store's lock) while forks happen."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.count = path, 0
+    def __init__(self, path: Path, store: bool = False) -> None:
+        self.path, self.count, self.store = path, 0, store
+        self._writer: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edit-stream")
 
@@ -136,12 +154,17 @@ class EditStream:
             time.sleep(random.uniform(0.0, 0.015))
 
     def __enter__(self) -> Self:
+        if self.store:
+            self._writer = subprocess.Popen([sys.executable, "-c", STORE_WRITER])
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._writer is not None:
+            self._writer.kill()
+            self._writer.wait()
 
 
 def busy_callback(changes) -> None:
@@ -166,7 +189,9 @@ def child_uses_everything(prefs: Client, value: int) -> Callable[[], None]:
 
 def test_forks_at_random_moments_while_edits_stream_never_hang_the_child(home, toml):
     random.seed(os.getpid())
-    with Client(watch=True) as prefs, EditStream(toml) as edits:
+    with Client(watch=True) as prefs, EditStream(toml, store=True) as edits:
+        reloads = Recorder()
+        prefs.on_change(ITERS, reloads)  # store edits reach the watcher
         prefs.on_change("ml.*", busy_callback)
         outcomes = []
         for i in range(24):
@@ -174,6 +199,7 @@ def test_forks_at_random_moments_while_edits_stream_never_hang_the_child(home, t
             outcomes.append(in_child(child_uses_everything(prefs, 64 + 2 * i)))
         assert outcomes == ["ok"] * 24
         assert edits.count > 24, "the edits did not stream while forking"
+        assert len(reloads) > 0, "the watcher never reloaded the store meanwhile"
         assert prefs.history(BATCH, limit=1)[0].new == 64 + 2 * 23 + 1
         assert prefs._watcher.alive
 
@@ -232,3 +258,32 @@ def test_dataloader_fork_workers_read_and_reload_while_the_parent_watches(home, 
             assert sum(len(b) for b in batches) == 8
             assert all(0.0 < float(v) < 1.0 for b in batches for v in b)
         del torch
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "store, not the watcher: a fork while another SQLiteStore in the parent is inside a write "
+    "transaction gives the child SQLite's in-process lock table with that lock held, so the "
+    "child's next write waits out the 60 s busy timeout. Needs an at-fork hook in store.py "
+    "that lets open write transactions finish before fork()."))
+def test_fork_while_another_client_in_this_process_writes_never_hangs_the_child(home, toml):
+    random.seed(os.getpid())
+    writer, stop = Client(discover=False), threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            writer.set(ITERS, 100 + i % 500)
+
+    thread = threading.Thread(target=write)
+    with Client(watch=True) as prefs:
+        thread.start()
+        try:
+            for i in range(30):
+                time.sleep(random.uniform(0.0, 0.01))
+                outcome = in_child(child_uses_everything(prefs, 64 + 2 * i))
+                assert outcome == "ok", f"fork {i}: {outcome}"
+        finally:
+            stop.set()
+            thread.join()
+            writer.close()

@@ -300,9 +300,22 @@ def bench_dropped(backend: str, clients: int = 20) -> tuple[int, int, int]:
 FORK_CHILD_TIMEOUT_S = 10.0
 
 
+STORE_WRITER = """
+import sys, time
+from mlprefs_sdk import Client
+prefs, i = Client(discover=False), 0
+while True:
+    i += 1
+    prefs.set("ml.training.max_iterations", 100 + i % 500)
+    time.sleep(0.007)
+"""
+
+
 def bench_forks(work: Path, forks: int) -> tuple[int, int, int]:
-    """(children that hung or failed, forks, edits saved meanwhile): each child forked at a
-    random moment must get(), set(), reload() and watch() within FORK_CHILD_TIMEOUT_S."""
+    """(children that hung or failed, forks, file edits saved meanwhile): each child forked
+    at a random moment must get(), set(), reload() and watch() within FORK_CHILD_TIMEOUT_S,
+    while a thread saves the file, another process writes the store every 7 ms, and a
+    callback holds the client's rebuild lock for 0-300 ms."""
     os.environ["MLPREFS_WATCH"] = "native"
     path = work / "mlprefs.toml"
     path.write_text(toml(0.1))
@@ -314,6 +327,7 @@ def bench_forks(work: Path, forks: int) -> tuple[int, int, int]:
             save_atomic(path, toml(round(0.01 + saves[0] % 50 * 0.001, 4)))
             time.sleep(random.random() * 0.015)
 
+    store_writer = subprocess.Popen([sys.executable, "-c", STORE_WRITER], cwd=work)
     with Client(watch=True) as prefs:
         prefs.on_change("ml.*", lambda cs: time.sleep(random.choice([0, 0.001, 0.003, 0.3])))
         writer = threading.Thread(target=stream)
@@ -344,6 +358,8 @@ def bench_forks(work: Path, forks: int) -> tuple[int, int, int]:
         finally:
             stop.set()
             writer.join()
+            store_writer.kill()
+            store_writer.wait()
     return bad, forks, saves[0]
 
 
@@ -566,7 +582,7 @@ def run_lifetime(work: Path, forks: int) -> None:
         row(f"{backend}: watcher threads, 20 dropped clients (before / alive / after gc)",
             f"{before} / {during} / {after}", "", "", "after = before")
     hung, forks, saves = bench_forks(work, forks)
-    row(f"forks at random moments, {saves} edits streaming: children hung or failed",
+    row(f"forks at random moments, {saves} file edits + store writes: children hung or failed",
         f"{hung} of {forks}", "", "", "0")
 
 

@@ -21,8 +21,8 @@ Client nobody references any more is collected and its watcher stops without clo
 
 Fork: a forked child (DataLoader workers, gunicorn preload) keeps its read-only snapshot and
 has no watcher thread; `watch()` in the child starts its own. The locks the watcher thread
-takes are held across fork() so the child never inherits one locked by a thread it lacks;
-one the thread keeps longer than FORK_WAIT_S (a slow callback) is replaced in the child.
+takes are held across fork() so the child never inherits one locked by a thread it lacks
+(see _watchfork).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Any
 import attrs
 
 from . import _inotify
+from ._watchfork import FORK_WAIT_S, client_locks, keep_forever, register, renew_locks, unregister
 from ._statpoll import (GRACE_S, TICK_S, NativeEvents, StatPoll, StoreProbe, Tracked,
                         existing_ancestor, remote_filesystem, settle_wait, signature)
 from .errors import MlprefsError
@@ -53,7 +54,6 @@ SWEEP_S = 1.0        # native mode stats every file this often too, in case an e
 MAX_BACKOFF_S = 5.0  # between retries of a pass that keeps failing (store gone, ...)
 ARM_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 2.0
-FORK_WAIT_S = 0.25   # how long fork() waits for a refresh in progress to finish
 STORE_SLOTS = ("template", "user", "project")
 
 
@@ -117,8 +117,7 @@ class Watcher:
         # Collected without close(): stop the thread (it also notices on its next tick).
         self._finalizer = weakref.finalize(client, self._stop.set)
         del client
-        _install_fork_hooks()
-        _live.add(self)
+        register(self)  # hold this thread's locks across fork()
         self._thread = threading.Thread(target=self._run, name="mlprefs-watcher", daemon=True)
         self._thread.start()
         if not self._armed.wait(ARM_TIMEOUT_S):
@@ -131,7 +130,7 @@ class Watcher:
     def stop(self) -> None:
         """Stop and join the thread (it notices within one 10 ms tick)."""
         self._stop.set()
-        _live.discard(self)
+        unregister(self)
         if self._finalizer is not None:
             self._finalizer.detach()
         t = self._thread
@@ -371,41 +370,34 @@ class Watcher:
         except Exception:  # the old source is being dropped anyway; say why it was odd
             log.debug("mlprefs: closing the native watcher failed", exc_info=True)
 
-    # -- fork ---------------------------------------------------------------------------
-    def _hold_for_fork(self) -> None:
+    # -- fork (see _watchfork) -------------------------------------------------------------
+    @property
+    def in_this_process(self) -> bool:
+        return self._pid == os.getpid()
+
+    def hold_for_fork(self) -> None:
         """Take the locks this thread uses, so the child never inherits them held."""
+        client = self._client()
         self._held_locks = []
-        for lock in self._locks():
+        for lock in client_locks(client) if client is not None else ():
             if lock.acquire(timeout=FORK_WAIT_S):
                 self._held_locks.append(lock)
 
-    def _release_after_fork(self, child: bool) -> None:
+    def release_after_fork(self, child: bool) -> None:
         for lock in reversed(self._held_locks):
             lock.release()
         client = self._client()
-        if child and client is not None:
-            missed = [lock for lock in self._locks() if lock not in self._held_locks]
-            if missed:  # still held by the watcher thread, which does not exist here
-                log.warning("mlprefs: forked while the watcher was busy for over %.2f s; the "
-                            "child gets fresh locks", FORK_WAIT_S)
-                _renew_locks(client)
+        if child and client is not None and any(lock not in self._held_locks
+                                                for lock in client_locks(client)):
+            renew_locks(client)  # still held by the watcher thread, which is not here
         if child:
             self._stop.set()
             if client is not None and getattr(client, "_watcher", None) is self:
                 client._watcher = None
             if isinstance(self._source, _inotify.Inotify):
                 self._source.close()  # a plain descriptor: closing the child's copy is safe
-            _orphans.append(self)  # never drop watchfiles' notifier in the child (its thread
-            #                        and locks are the parent's): keep the object forever
+            keep_forever(self)
         self._held_locks = []
-
-    def _locks(self) -> list[Any]:
-        client = self._client()
-        if client is None:
-            return []
-        locks = [client._lock, getattr(client._store, "_lock", None),
-                 getattr(client._events, "_lock", None)]
-        return [lock for lock in locks if lock is not None]
 
 
 @attrs.define
@@ -424,44 +416,3 @@ def _store_dir(store: Any) -> str | None:
     if not location or location == ":memory:" or "://" in location:
         return None
     return os.path.dirname(os.path.realpath(location))
-
-
-# -- fork hooks: registered once, the first time a watcher starts ------------------------
-_live: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
-_orphans: list[Watcher] = []
-_hooks_installed = False
-
-
-def _install_fork_hooks() -> None:
-    global _hooks_installed
-    if not _hooks_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                            after_in_child=_after_fork_in_child)
-        _hooks_installed = True
-
-
-def _before_fork() -> None:
-    for w in list(_live):
-        if w._pid == os.getpid():
-            w._hold_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for w in list(_live):
-        w._release_after_fork(child=False)
-
-
-def _after_fork_in_child() -> None:
-    for w in list(_live):
-        w._release_after_fork(child=True)
-    _live.clear()
-
-
-def _renew_locks(client: Any) -> None:
-    client._lock = threading.RLock()
-    store = client._store
-    if hasattr(store, "_lock"):
-        store._lock = threading.RLock()
-    if hasattr(client._events, "_lock"):
-        client._events._lock = threading.Lock()
-

@@ -5,8 +5,8 @@ writes after, and a slow writer can pause half-way. A file is therefore applied 
 stat signature (mtime_ns, ctime_ns, size, inode, device, file type) has held still for QUIET_S
 by this process's monotonic clock, counted from the moment the watcher first saw that
 signature, and confirmed by a fresh stat when the quiet period ends. The file's mtime is never
-trusted for this: the kernel stamps it from a coarse clock (one jiffy, up to 4 ms behind), so a
-writer pausing 6-9 ms looked settled. States that are usually the middle of a save rather than
+trusted for this: the kernel's timestamp is often coarser than the write, and judged by it a
+writer pausing 5-9 ms half-way looked settled. States that are usually the middle of a save rather than
 its end - the file gone (vim renames the original away before writing the new one) or emptied
 in place - must hold still for GRACE_S, as must a read that fails to parse or validate before
 it is reported: a torn write that is completed within 100 ms never raises an error event.

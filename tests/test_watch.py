@@ -256,6 +256,14 @@ def put_unreadable(path: Path) -> None:
     path.chmod(0)
 
 
+def put_file_that_fails_to_read(path: Path) -> None:
+    """A regular file whose read() fails (EIO), unreadable even for root."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs Linux /proc")
+    path.unlink()
+    os.symlink("/proc/self/mem", path)
+
+
 def clear(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         path.rmdir()
@@ -263,7 +271,8 @@ def clear(path: Path) -> None:
         path.unlink()
 
 
-@pytest.mark.parametrize("put", [put_fifo, put_directory, put_symlink_loop, put_unreadable])
+@pytest.mark.parametrize("put", [put_fifo, put_directory, put_symlink_loop, put_unreadable,
+                                 put_file_that_fails_to_read])
 def test_non_regular_or_unreadable_project_file_is_an_error_and_the_last_good_values_stay(
         prefs, toml, errors, caplog, put):
     caplog.set_level(logging.ERROR)

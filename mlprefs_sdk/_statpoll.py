@@ -2,23 +2,27 @@
 
 Editors and scripts do not write a file in one step: an in-place save truncates first and
 writes after, and a slow writer can pause half-way. A file is therefore applied only once its
-stat signature (mtime_ns, ctime_ns, size, inode, device) has held still for QUIET_S, judged by
-the file's own mtime where the filesystem keeps sub-millisecond times, else by how long this
-process has seen it unchanged. States that are usually the middle of a save rather than its
-end - the file gone (vim renames the original away before writing the new one) or emptied
+stat signature (mtime_ns, ctime_ns, size, inode, device, file type) has held still for QUIET_S
+by this process's monotonic clock, counted from the moment the watcher first saw that
+signature, and confirmed by a fresh stat when the quiet period ends. The file's mtime is never
+trusted for this: the kernel's timestamp is often coarser than the write, and judged by it a
+writer pausing 5-9 ms half-way looked settled. States that are usually the middle of a save rather than
+its end - the file gone (vim renames the original away before writing the new one) or emptied
 in place - must hold still for GRACE_S, as must a read that fails to parse or validate before
 it is reported: a torn write that is completed within 100 ms never raises an error event.
 
-Signals: `NativeEvents` (watchfiles on the files' directories) says "something happened
-here, stat your files"; `StatPoll`, for where native events are missing (network
-filesystems, some container mounts, MLPREFS_WATCH=poll), says so every TICK_S; `StoreProbe`
-tells whether another process committed to the store.
+Signals: `Inotify` (Linux, in _inotify) and `NativeEvents` (watchfiles, elsewhere) say
+"something happened here, stat your files"; `StatPoll`, for where native events are missing
+(network filesystems, some container mounts, MLPREFS_WATCH=poll), says so every TICK_S;
+`StoreProbe` tells whether another process committed to the store. Nothing here opens a
+followed file: a FIFO or a device at a followed path is only ever stat'ed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any, Sequence
@@ -43,8 +47,9 @@ REMOTE_FS = frozenset({
     "drvfs",
 })
 
-# (mtime_ns, ctime_ns, size, inode, device) of an existing file; ("error", errno) when it
-# cannot be stat'ed for another reason than absence; None when it does not exist.
+# (mtime_ns, ctime_ns, size, inode, device, file type) of an existing entry; ("error", errno)
+# when it cannot be stat'ed for another reason than absence (a symlink loop, permission
+# denied); None when it does not exist.
 Sig = tuple[Any, ...]
 UNKNOWN: Any = ("unknown",)  # not yet handled: the first pass re-reads the file
 
@@ -54,13 +59,15 @@ def signature(path: str) -> Sig | None:
         st = os.stat(path)  # follows symlinks: a swapped ConfigMap ..data link changes st_ino
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as e:  # e.g. permission denied: reading it will report the problem
+    except OSError as e:  # a symlink loop, permission denied: reading it reports the problem
         return ("error", e.errno)
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev,
+            stat.S_IFMT(st.st_mode))
 
 
 def _is_file(sig: Sig | None) -> bool:
-    return sig is not None and len(sig) == 5
+    """A regular file (a directory or FIFO in its place is reported, not waited for)."""
+    return sig is not None and len(sig) == 6 and sig[5] == stat.S_IFREG
 
 
 @attrs.define(slots=True, eq=False)
@@ -87,32 +94,30 @@ class Tracked:
     def dirty(self) -> bool:
         return self.seen != self.handled
 
-    def age(self, now: float, wall_ns: int) -> float:
-        """Seconds the current signature has held still (by mtime when it is fine-grained)."""
-        observed = now - self.seen_at
-        sig = self.seen
-        if _is_file(sig) and sig[0] % 1_000_000:  # sub-ms digits: a trustworthy clock
-            by_mtime = (wall_ns - sig[0]) / 1e9
-            if by_mtime >= 0:  # a future mtime (clock skew) proves nothing
-                return max(observed, by_mtime)
-        return observed
+    def age(self, now: float) -> float:
+        """Seconds this process has seen the current signature hold still (monotonic clock)."""
+        return now - self.seen_at
 
     @property
     def suspicious(self) -> bool:
         """Gone or emptied after having content: most likely mid-save, so wait longer."""
         before, now = (self.first if self.handled is UNKNOWN else self.handled), self.seen
-        if not _is_file(before):
+        if before is None or not _is_file(before):
             return False
         return now is None or (_is_file(now) and now[2] == 0 and before[2] > 0)
 
 
-def settle_wait(files: Sequence[Tracked], now: float, wall_ns: int) -> tuple[float, bool]:
-    """(seconds still to wait before reading, whether a bad read may be reported now)."""
+def settle_wait(files: Sequence[Tracked], now: float) -> tuple[float, bool]:
+    """(seconds still to wait before reading, whether a bad read may be reported now).
+
+    `now` must be the time of the stat that confirmed each file's signature: a read is only
+    allowed once two stats QUIET_S apart (by this process's clock) saw the same file.
+    """
     wait, report = 0.0, True
     for f in files:
         if not f.dirty:
             continue
-        age = f.age(now, wall_ns)
+        age = f.age(now)
         wait = max(wait, (GRACE_S if f.suspicious else QUIET_S) - age)
         report = report and age >= GRACE_S
     return wait, report
@@ -131,7 +136,7 @@ class StatPoll:
         time.sleep(timeout)
         return True
 
-    def retarget(self, dirs: Sequence[str]) -> None:
+    def retarget(self, dirs: Sequence[str], names: Sequence[str] | None = None) -> None:
         """Nothing to do: stat() follows the files wherever their directories are."""
 
     def close(self) -> None:
@@ -163,12 +168,15 @@ class StoreProbe:
         self._last: Any = None
         self._hot = self._ticks = 0
 
-    def _wal_signature(self) -> Sig | None:
+    def _wal_signature(self, wal: str) -> Sig | None:
         if self._fd < 0:
-            try:
-                self._fd = os.open(self._wal, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:  # O_NONBLOCK: a FIFO planted at the -wal path must not hang the thread
+                self._fd = os.open(wal, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
             except OSError:  # not created yet: stat by path until it is
-                return signature(self._wal)
+                return signature(wal)
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                self.close()  # not SQLite's file: watch it by path, never hold it open
+                return signature(wal)
         st = os.fstat(self._fd)
         if st.st_nlink == 0:  # replaced after all (the last connection went away): reopen
             self.close()
@@ -184,7 +192,7 @@ class StoreProbe:
         if self._off:
             return False
         if self._wal is not None:
-            sig = self._wal_signature()
+            sig = self._wal_signature(self._wal)
             self._ticks += 1
             if sig != self._last:
                 self._last, self._hot = sig, self.HOT_TICKS
@@ -197,11 +205,11 @@ class StoreProbe:
 
 
 class NativeEvents:
-    """watchfiles' Rust notifier on a set of directories, non-recursive."""
+    """watchfiles' Rust notifier on a set of directories, non-recursive (where no inotify)."""
 
     name = "native"
 
-    def __init__(self, dirs: Sequence[str]) -> None:
+    def __init__(self, dirs: Sequence[str], names: Sequence[str] = ()) -> None:
         # The Rust backend directly (documented in watchfiles' API docs): watchfiles.watch()
         # logs every batch at INFO and would honour WATCHFILES_FORCE_POLLING, which loses saves.
         from watchfiles._rust_notify import RustNotify
@@ -212,6 +220,9 @@ class NativeEvents:
         self.structural = False  # a batch held something other than a modification
 
     def wait(self, stop: threading.Event, timeout: float) -> bool:
+        if timeout < TICK_S:  # the notifier sleeps a whole step: end a quiet period on time
+            time.sleep(timeout)  # (an event meanwhile waits for the next call; the stat at
+            return False         # the deadline sees the change it made anyway)
         raw = self._notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(timeout * 1000)), stop)
         if isinstance(raw, set):
             if any(change != 2 for change, _ in raw):  # 2 = modified
@@ -219,7 +230,7 @@ class NativeEvents:
             return True
         return False
 
-    def retarget(self, dirs: Sequence[str]) -> None:
+    def retarget(self, dirs: Sequence[str], names: Sequence[str] | None = None) -> None:
         dirs = tuple(dirs)
         if dirs == self.dirs:
             return

@@ -1,20 +1,28 @@
 """Hot reload: one background thread per Client follows its TOML files and the shared store.
 
-Files: watchfiles (inotify, FSEvents, ...) on the *parent directories*, non-recursively. A
-watch on the file itself loses it at the first atomic save (temp + rename), and a directory
-watch also sees creation, deletion and Kubernetes-style `..data` symlink swaps. Every event
-in a watched directory makes the thread stat the files it follows; a file whose signature
-changed is read once it has settled (see _statpoll), re-validated with every other layer and
-swapped in whole by Client._refresh, which tells the subscribers. MLPREFS_WATCH=poll, a
+Files: native events (inotify on Linux, watchfiles' notifier elsewhere) on the *parent
+directories*, non-recursively. A watch on the file itself loses it at the first atomic save
+(temp + rename), and a directory watch also sees creation, deletion and Kubernetes-style
+`..data` symlink swaps. Every relevant event makes the thread stat the files it follows; a
+file whose signature changed is read once it has held still for the quiet period by this
+process's clock (see _statpoll), on a timer of its own, re-validated with every other layer
+and swapped in whole by Client._refresh, which tells the subscribers. MLPREFS_WATCH=poll, a
 network filesystem, or a platform without native events selects the stat loop instead.
+Nothing at a followed path is opened by the watcher itself: a FIFO, a directory or a symlink
+loop there is stat'ed, and the reader reports it as a ConfigFileError (the last good view
+stays).
 
 Store: other processes' commits are seen through Store.changed() (PRAGMA data_version on
 SQLite), gated by a stat of the -wal file and polled on the same 10 ms tick as the file
 events, so the thread wakes once per tick in all.
 
+Lifetime: the thread holds the Client only through a weak reference, between passes, so a
+Client nobody references any more is collected and its watcher stops without close().
+
 Fork: a forked child (DataLoader workers, gunicorn preload) keeps its read-only snapshot and
 has no watcher thread; `watch()` in the child starts its own. The locks the watcher thread
-takes are held across fork() so the child never inherits one locked by a thread it lacks.
+takes are held across fork() so the child never inherits one locked by a thread it lacks
+(see _watchfork).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from typing import Any
 
 import attrs
 
+from . import _inotify
+from ._watchfork import FORK_WAIT_S, client_locks, keep_forever, register, renew_locks, unregister
 from ._statpoll import (GRACE_S, TICK_S, NativeEvents, StatPoll, StoreProbe, Tracked,
                         existing_ancestor, remote_filesystem, settle_wait, signature)
 from .errors import MlprefsError
@@ -44,7 +54,6 @@ SWEEP_S = 1.0        # native mode stats every file this often too, in case an e
 MAX_BACKOFF_S = 5.0  # between retries of a pass that keeps failing (store gone, ...)
 ARM_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 2.0
-FORK_WAIT_S = 0.25   # how long fork() waits for a refresh in progress to finish
 STORE_SLOTS = ("template", "user", "project")
 
 
@@ -71,7 +80,8 @@ class Watcher:
     """Follows one Client's files and store; `alive` until stop() (or a fork, in the child)."""
 
     def __init__(self, client: Any, backend: str | None = None) -> None:
-        self._client = client
+        self._client = weakref.ref(client)  # never a strong one: see "Lifetime" above
+        self._finalizer: weakref.finalize | None = None
         self.backend = choose_backend(backend)
         self._stop = threading.Event()
         self._armed = threading.Event()
@@ -85,6 +95,7 @@ class Watcher:
         self._held_locks: list[Any] = []
         self._project_file: tuple[str, str | None] | None = None
         self._polled: list[Tracked] = []  # native mode: files stat'ed every tick (see _watch_dirs)
+        self._names: list[str] = []  # file names whose changes wake the thread (see _watch_dirs)
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -100,10 +111,13 @@ class Watcher:
 
     def start(self) -> None:
         """Start the thread; return once it is armed (an edit made afterwards is seen)."""
-        if getattr(self._client, "_closed", False):
+        client = self._client()
+        if client is None or getattr(client, "_closed", False):
             raise MlprefsError("cannot watch a closed Client")
-        _install_fork_hooks()
-        _live.add(self)
+        # Collected without close(): stop the thread (it also notices on its next tick).
+        self._finalizer = weakref.finalize(client, self._stop.set)
+        del client
+        register(self)  # hold this thread's locks across fork()
         self._thread = threading.Thread(target=self._run, name="mlprefs-watcher", daemon=True)
         self._thread.start()
         if not self._armed.wait(ARM_TIMEOUT_S):
@@ -116,7 +130,9 @@ class Watcher:
     def stop(self) -> None:
         """Stop and join the thread (it notices within one 10 ms tick)."""
         self._stop.set()
-        _live.discard(self)
+        unregister(self)
+        if self._finalizer is not None:
+            self._finalizer.detach()
         t = self._thread
         if t is None or self._pid != os.getpid() or t is threading.current_thread():
             return  # in a forked child the thread does not exist; in a callback it ends soon
@@ -131,15 +147,19 @@ class Watcher:
 
     # -- the thread -----------------------------------------------------------------
     def _run(self) -> None:
+        client = self._client()
         try:
-            self._regroup(time.monotonic())
-            self._source = self._open_source()
+            if client is None:
+                raise MlprefsError("the Client was collected before its watcher started")
+            self._regroup(client, time.monotonic())
+            self._source = self._open_source(client)
+            store_moved = StoreProbe(client.store)
         except Exception as e:  # reported to the caller of start()
             self._error = e
             self._armed.set()
             return
+        del client  # from here on only a weak reference: see "Lifetime" above
         self._armed.set()
-        store_moved = StoreProbe(self._client._store)
         try:
             self._loop(store_moved)
         finally:
@@ -147,14 +167,12 @@ class Watcher:
             self._source.close()
 
     def _loop(self, store_moved: StoreProbe) -> None:
-        stop, client = self._stop, self._client
-        pending = True  # the first pass re-reads every file: edits made before arming count
-        next_sweep = deadline = 0.0
-        backoff = 0.0
+        stop = self._stop
+        state = _LoopState()
         while not stop.is_set():
             timeout = TICK_S
-            if pending:
-                timeout = min(TICK_S, max(0.001, deadline - time.monotonic()))
+            if state.pending:  # the quiet period ends on its own timer, not on a tick
+                timeout = min(TICK_S, max(0.0002, state.deadline - time.monotonic()))
             try:
                 events = self._source.wait(stop, timeout)
             except Exception as e:  # e.g. the inotify watch limit; the stat loop needs none
@@ -163,46 +181,58 @@ class Watcher:
             if stop.is_set():
                 return
             try:
-                if not events and self._polled:
-                    now = time.monotonic()
-                    events = sum(f.observe(now) for f in self._polled) > 0
-                if store_moved():
-                    client._refresh(STORE_SLOTS, origin="a store write by another process")
-                now = time.monotonic()
-                if events or pending or now >= next_sweep:
-                    next_sweep = now + SWEEP_S
-                    deadline = self._pass(now)
-                    pending = deadline < math.inf
-                backoff = 0.0
+                if not self._tick(events, store_moved, state):
+                    return  # the Client was collected
+                state.backoff = 0.0
             except Exception:  # never let one bad pass end hot reload
-                backoff = min(max(2 * backoff, GRACE_S), MAX_BACKOFF_S)
-                log.exception("mlprefs watcher: a reload pass failed; retrying in %.2f s", backoff)
-                pending = True
-                stop.wait(backoff)
+                state.backoff = min(max(2 * state.backoff, GRACE_S), MAX_BACKOFF_S)
+                log.exception("mlprefs watcher: a reload pass failed; retrying in %.2f s",
+                              state.backoff)
+                state.pending = True
+                stop.wait(state.backoff)
 
-    def _pass(self, now: float) -> float:
+    def _tick(self, events: bool, store_moved: StoreProbe, state: _LoopState) -> bool:
+        """One wake-up: poll the store, stat and apply what settled; False once collected.
+
+        The strong reference taken here ends with the call, so while the thread waits it
+        keeps no Client alive.
+        """
+        client = self._client()
+        if client is None:
+            return False
+        if not events and self._polled:
+            now = time.monotonic()
+            events = sum(f.observe(now) for f in self._polled) > 0
+        if store_moved():
+            client._refresh(STORE_SLOTS, origin="a store write by another process")
+        now = time.monotonic()
+        if events or state.pending or now >= state.next_sweep:
+            state.next_sweep = now + SWEEP_S
+            state.deadline = self._pass(client, now)
+            state.pending = state.deadline < math.inf
+        return True
+
+    def _pass(self, client: Any, now: float) -> float:
         """Stat every file, apply the groups that settled; return when to look again."""
         moved = False
         for f in self._tracked.values():
             moved |= f.observe(now)
         if self.backend == "native" and (moved or getattr(self._source, "structural", False)):
             self._source.structural = False
-            self._retarget()
-        wall = time.time_ns()
+            self._retarget(client)
         nxt = math.inf
         for group in list(self._groups):
             if not any(f.dirty for f in group.files):
                 continue
-            wait, report = settle_wait(group.files, now, wall)
+            wait, report = settle_wait(group.files, now)
             if wait <= 0 and group.held == tuple(f.seen for f in group.files) and not report:
-                wait = min(GRACE_S - f.age(now, wall) for f in group.files if f.dirty)
-            if wait > 0 or not self._apply(group, report):
+                wait = min(GRACE_S - f.age(now) for f in group.files if f.dirty)
+            if wait > 0 or not self._apply(client, group, report):
                 nxt = min(nxt, now + max(wait, 0.001))
         return nxt
 
-    def _apply(self, group: _Group, report: bool) -> bool:
+    def _apply(self, client: Any, group: _Group, report: bool) -> bool:
         """Read, validate and swap in one group; False when it must be tried again later."""
-        client = self._client
         before = tuple(f.seen for f in group.files)
         verdict: dict[str, bool] = {}
 
@@ -223,13 +253,12 @@ class Watcher:
         if client.project_file != self._project_file:  # discovery runs on every read
             log.info("mlprefs: project file is now %s",
                      client.project_file[0] if client.project_file else "(none)")
-            self._regroup(time.monotonic())
-            self._retarget()
+            self._regroup(client, time.monotonic())
+            self._retarget(client)
         return True
 
     # -- what to follow --------------------------------------------------------------
-    def _regroup(self, now: float) -> None:
-        client = self._client
+    def _regroup(self, client: Any, now: float) -> None:
         loc = client.locations
         plan: list[tuple[tuple[str, ...], list[str]]] = [
             (("org", "locked"), [loc.policy]),
@@ -238,7 +267,8 @@ class Watcher:
         if client._files:
             plan.append((("file",), list(client._files)))
         if client._discover_from is not None:
-            plan.append((("project-file",), self._discovery_files(client._discover_from)))
+            plan.append((("project-file",), self._discovery_files(client,
+                                                                 client._discover_from)))
         elif client.project_file is not None:
             plan.append((("project-file",), [client.project_file[0]]))
         self._project_file = client.project_file
@@ -254,7 +284,7 @@ class Watcher:
             groups.append(_Group(slots, files))
         self._groups = groups
 
-    def _discovery_files(self, start: str) -> list[str]:
+    def _discovery_files(self, client: Any, start: str) -> list[str]:
         """mlprefs.toml and pyproject.toml from the working directory up to the project file.
 
         Creating a nearer mlprefs.toml, adding [tool.mlprefs] to the pyproject.toml, or
@@ -263,7 +293,7 @@ class Watcher:
         """
         here = Path(start).resolve()
         chain = [here, *here.parents]
-        current = self._client.project_file
+        current = client.project_file
         stop_at: Path | None = Path(current[0]).parent if current else None
         if stop_at is None or stop_at not in chain:
             stop_at = next((d for d in chain if (d / "pyproject.toml").is_file()), here)
@@ -276,31 +306,36 @@ class Watcher:
             files.append(current[0])
         return files
 
-    def _watch_dirs(self) -> list[str]:
+    def _watch_dirs(self, client: Any) -> list[str]:
         """Each file's directory (or its nearest existing ancestor), and its target's too.
 
         The store's own directory is left out: every commit writes there, and a watched
         directory that keeps changing holds watchfiles' batch open for a step or two, which
         would delay the store poll. Files that live there are stat'ed every tick instead.
+        Also sets self._names: the file names whose content changes wake the thread.
         """
-        store_dir = _store_dir(self._client._store)
+        store_dir = _store_dir(client.store)
         dirs: dict[str, None] = {}
         polled = []
+        names: set[str] = set()
         for f in self._tracked.values():
             mine = [os.path.realpath(existing_ancestor(os.path.dirname(f.path)))]
-            real = os.path.dirname(os.path.realpath(f.path))  # a symlinked file's target
+            real_file = os.path.realpath(f.path)  # a symlinked file's target
+            real = os.path.dirname(real_file)
+            names.update((os.path.basename(f.path), os.path.basename(real_file)))
             if os.path.isdir(real):
                 mine.append(real)
             if store_dir in mine:
                 polled.append(f)
             dirs.update((d, None) for d in mine if d != store_dir)
         self._polled = polled
+        self._names = sorted(names)
         return sorted(dirs)
 
-    def _open_source(self) -> Any:
+    def _open_source(self, client: Any) -> Any:
         if self.backend == "poll":
             return StatPoll()
-        dirs = self._watch_dirs()
+        dirs = self._watch_dirs(client)
         remote = remote_filesystem(dirs)
         if remote:
             log.info("mlprefs: %s is on a %s filesystem, which raises no events for other "
@@ -308,17 +343,19 @@ class Watcher:
             self.backend = "poll"
             return StatPoll()
         try:
-            return NativeEvents(dirs)
+            if _inotify.available():
+                return _inotify.Inotify(dirs, self._names)
+            return NativeEvents(dirs, self._names)
         except (OSError, RuntimeError) as e:
             log.warning("mlprefs: native file events unavailable (%s); following files with "
                         "the stat loop instead", e)
             self.backend = "poll"
             return StatPoll()
 
-    def _retarget(self) -> None:
+    def _retarget(self, client: Any) -> None:
         for attempt in (1, 2):  # a directory can vanish between listing and watching it
             try:
-                self._source.retarget(self._watch_dirs())
+                self._source.retarget(self._watch_dirs(client), self._names)
                 return
             except (OSError, RuntimeError) as e:
                 if attempt == 2:
@@ -333,34 +370,44 @@ class Watcher:
         except Exception:  # the old source is being dropped anyway; say why it was odd
             log.debug("mlprefs: closing the native watcher failed", exc_info=True)
 
-    # -- fork ---------------------------------------------------------------------------
-    def _hold_for_fork(self) -> None:
+    # -- fork (see _watchfork) -------------------------------------------------------------
+    @property
+    def in_this_process(self) -> bool:
+        return self._pid == os.getpid()
+
+    def hold_for_fork(self) -> None:
         """Take the locks this thread uses, so the child never inherits them held."""
+        client = self._client()
         self._held_locks = []
-        for lock in self._locks():
+        for lock in client_locks(client) if client is not None else ():
             if lock.acquire(timeout=FORK_WAIT_S):
                 self._held_locks.append(lock)
 
-    def _release_after_fork(self, child: bool) -> None:
+    def release_after_fork(self, child: bool) -> None:
         for lock in reversed(self._held_locks):
             lock.release()
+        client = self._client()
+        if child and client is not None and any(lock not in self._held_locks
+                                                for lock in client_locks(client)):
+            renew_locks(client)  # still held by the watcher thread, which is not here
         if child:
-            missed = [lock for lock in self._locks() if lock not in self._held_locks]
-            if missed:  # still held by the watcher thread, which does not exist here
-                log.warning("mlprefs: forked while the watcher was busy for over %.2f s; the "
-                            "child gets fresh locks", FORK_WAIT_S)
-                _renew_locks(self._client)
             self._stop.set()
-            if getattr(self._client, "_watcher", None) is self:
-                self._client._watcher = None
-            _orphans.append(self)  # never drop the parent's native watcher state in the child
+            if client is not None and getattr(client, "_watcher", None) is self:
+                client._watcher = None
+            if isinstance(self._source, _inotify.Inotify):
+                self._source.close()  # a plain descriptor: closing the child's copy is safe
+            keep_forever(self)
         self._held_locks = []
 
-    def _locks(self) -> list[Any]:
-        client = self._client
-        locks = [client._lock, getattr(client._store, "_lock", None),
-                 getattr(client._events, "_lock", None)]
-        return [lock for lock in locks if lock is not None]
+
+@attrs.define
+class _LoopState:
+    """What the watcher loop carries from one wake-up to the next."""
+
+    pending: bool = True  # the first pass re-reads every file: edits made before arming count
+    deadline: float = 0.0
+    next_sweep: float = 0.0
+    backoff: float = 0.0
 
 
 def _store_dir(store: Any) -> str | None:
@@ -369,44 +416,3 @@ def _store_dir(store: Any) -> str | None:
     if not location or location == ":memory:" or "://" in location:
         return None
     return os.path.dirname(os.path.realpath(location))
-
-
-# -- fork hooks: registered once, the first time a watcher starts ------------------------
-_live: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
-_orphans: list[Watcher] = []
-_hooks_installed = False
-
-
-def _install_fork_hooks() -> None:
-    global _hooks_installed
-    if not _hooks_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                            after_in_child=_after_fork_in_child)
-        _hooks_installed = True
-
-
-def _before_fork() -> None:
-    for w in list(_live):
-        if w._pid == os.getpid():
-            w._hold_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for w in list(_live):
-        w._release_after_fork(child=False)
-
-
-def _after_fork_in_child() -> None:
-    for w in list(_live):
-        w._release_after_fork(child=True)
-    _live.clear()
-
-
-def _renew_locks(client: Any) -> None:
-    client._lock = threading.RLock()
-    store = client._store
-    if hasattr(store, "_lock"):
-        store._lock = threading.RLock()
-    if hasattr(client._events, "_lock"):
-        client._events._lock = threading.Lock()
-

@@ -85,3 +85,21 @@ def toml(project_dir: Path) -> Path:
     path = project_dir / "mlprefs.toml"
     path.write_text(lr_toml(0.01))
     return path
+
+
+def save_paused(path: Path, head: str, tail: str, pause: float) -> float:
+    """Truncate in place, write head, pause, write tail (a slow chunked writer).
+
+    Returns the longest the file can have sat half-written (from just before the first write
+    to just after the second): a loaded machine can oversleep the pause asked for.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        started = time.perf_counter()
+        os.write(fd, head.encode())
+        time.sleep(pause)
+        os.write(fd, tail.encode())
+        done = time.perf_counter()
+    finally:
+        os.close(fd)
+    return done - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from _watch_helpers import (Recorder, backend, lr_toml, save_atomic, save_in_place,  # noqa
-                            save_vim_backup, toml, wait_for)
+                            save_paused, save_vim_backup, toml, wait_for)
 from mlprefs_sdk import Client, ConfigFileError, ValidationError
-from mlprefs_sdk._statpoll import GRACE_S, remote_filesystem
+from mlprefs_sdk._statpoll import GRACE_S, QUIET_S, remote_filesystem
 
 LR = "ml.training.learning_rate"
 DEFAULT_LR = 0.001
@@ -131,6 +132,53 @@ def test_in_place_save_pausing_after_truncation_never_applies_the_empty_file(pre
     assert changes.values(LR) == [0.02]
 
 
+def test_in_place_writer_pausing_1_to_9_ms_half_way_is_never_applied_half_written(prefs,
+                                                                                   toml):
+    never_applied_half_written(prefs, toml)
+
+
+@pytest.fixture
+def watchfiles_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native backend on watchfiles' notifier, the source it uses off Linux."""
+    from mlprefs_sdk import _inotify
+
+    monkeypatch.setattr(_inotify, "available", lambda: False)
+    monkeypatch.setenv("MLPREFS_WATCH", "native")
+
+
+def test_watchfiles_source_never_applies_a_paused_writer_half_written(home, toml,
+                                                                      watchfiles_source):
+    with Client(watch=True) as prefs:
+        assert type(prefs._watcher._source).__name__ == "NativeEvents"
+        never_applied_half_written(prefs, toml)
+
+
+def test_watchfiles_source_applies_atomic_and_in_place_saves(home, toml, watchfiles_source):
+    with Client(watch=True) as prefs:
+        for value, save in ((0.02, save_atomic), (0.03, save_in_place), (0.04, save_atomic)):
+            save(toml, lr_toml(value))
+            assert wait_for(lambda value=value: prefs.get(LR) == value)
+
+
+def never_applied_half_written(prefs: Client, toml: Path) -> None:
+    # The head alone is valid TOML (iterations without their patience): applying it is the bug.
+    iters, patience = "ml.training.max_iterations", "ml.training.early_stopping_patience"
+    applied: list[tuple[int, int]] = []  # every view swapped in: (iterations, patience)
+    prefs.on_change("ml.training.*", lambda cs: applied.append((prefs.get(iters),
+                                                                prefs.get(patience))))
+    overslept = set()
+    for i, pause_ms in enumerate([*range(1, 10)] * 3):
+        n = i + 1
+        window = save_paused(toml, f"[ml.training]\nmax_iterations = {1000 + n}\n",
+                             f"early_stopping_patience = {n}\n", pause_ms / 1000)
+        if window >= QUIET_S:  # the machine slept past the quiet period: applying it is right
+            overslept.add(1000 + n)
+        assert wait_for(lambda n=n: prefs.get(patience) == n)
+    half = [(it, p) for it, p in applied if p != it - 1000 and it not in overslept]
+    assert half == [], f"applied half-written (iterations, patience): {half}"
+    assert len(overslept) < 27, "every pause overslept: nothing was tested"
+
+
 # -- bad edits ------------------------------------------------------------------------------
 def test_broken_toml_is_reported_with_file_and_line_and_the_last_good_view_stays(
         prefs, toml, errors, caplog):
@@ -184,6 +232,81 @@ def test_a_bad_edit_is_reported_once(prefs, toml, errors):
     save_atomic(toml, lr_toml(0.02))  # the next good edit applies; no second report
     assert wait_for(lambda: prefs.get(LR) == 0.02)
     assert len(errors) == 1
+
+
+# -- strange things at a followed path ------------------------------------------------------
+def put_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def put_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def put_symlink_loop(path: Path) -> None:
+    path.unlink()
+    os.symlink(path.name, path)  # mlprefs.toml -> mlprefs.toml
+
+
+def put_unreadable(path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its mode")
+    path.chmod(0)
+
+
+def put_file_that_fails_to_read(path: Path) -> None:
+    """A regular file whose read() fails (EIO), unreadable even for root."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs Linux /proc")
+    path.unlink()
+    os.symlink("/proc/self/mem", path)
+
+
+def clear(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("put", [put_fifo, put_directory, put_symlink_loop, put_unreadable,
+                                 put_file_that_fails_to_read])
+def test_non_regular_or_unreadable_project_file_is_an_error_and_the_last_good_values_stay(
+        prefs, toml, errors, caplog, put):
+    caplog.set_level(logging.ERROR)
+    put(toml)
+    assert wait_for(lambda: len(errors) >= 1), "no error event: the layer was dropped silently"
+    err = errors.items[0]
+    assert isinstance(err, ConfigFileError) and err.path == str(toml)
+    assert "mlprefs.toml" in caplog.text and "last good" in caplog.text
+    assert prefs.get(LR) == 0.01
+    assert prefs._watcher.alive
+
+
+@pytest.mark.parametrize("put", [put_fifo, put_directory, put_symlink_loop])
+def test_watcher_applies_a_good_file_after_a_non_regular_one(prefs, toml, errors, put):
+    put(toml)
+    assert wait_for(lambda: len(errors) >= 1)
+    clear(toml)
+    toml.write_text(lr_toml(0.02))
+    assert wait_for(lambda: prefs.get(LR) == 0.02)
+
+
+def test_fifo_replacing_an_explicit_file_never_blocks_the_watcher(home, tmp_path, backend):
+    extra = tmp_path / "extra.toml"
+    extra.write_text(lr_toml(0.03))
+    with Client(files=[extra], watch=True) as prefs:
+        errors = Recorder()
+        prefs.on_error(errors)
+        put_fifo(extra)
+        assert wait_for(lambda: len(errors) >= 1)
+        assert errors.items[0].path == str(extra) and "FIFO" in str(errors.items[0])
+        assert prefs.get(LR) == 0.03
+        # the thread is not stuck: an edit of another layer still applies
+        (home / "overrides.toml").write_text("[ml.performance]\nbatch_size = 48\n")
+        assert wait_for(lambda: prefs.get("ml.performance.batch_size") == 48)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -320,6 +443,38 @@ def test_twenty_open_close_cycles_leak_no_threads_or_descriptors(home, backend):
 def open_files() -> list[str]:
     return [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}") or os.path.islink(f"/proc/self/fd/{fd}")]
+
+
+def watcher_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mlprefs-watcher"]
+
+
+def test_twenty_dropped_clients_leave_no_watcher_thread(home, toml, backend):
+    before = len(watcher_threads())
+    for _ in range(20):  # a notebook cell re-run 20 times, never calling close()
+        prefs = Client(watch=True)
+        assert prefs.get(LR) == 0.01
+    del prefs
+    gc.collect()
+    assert wait_for(lambda: len(watcher_threads()) <= before), watcher_threads()
+
+
+class ReadsBack:
+    """A callback holding its client: client -> subscribers -> callback -> client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def __call__(self, changes) -> None:
+        self.client.get(LR)
+
+
+def test_a_dropped_client_its_own_callback_references_still_stops(home, toml, backend):
+    prefs = Client(watch=True)
+    prefs.on_change("ml.*", ReadsBack(prefs))
+    del prefs
+    gc.collect()
+    assert wait_for(lambda: not watcher_threads()), watcher_threads()
 
 
 def test_watch_twice_keeps_one_watcher(prefs):

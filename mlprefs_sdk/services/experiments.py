@@ -64,6 +64,7 @@ class Experiments:
         self._client = client
         self._store = client._store
         self._live: dict[str, Live] = {}
+        self._data = client.data  # the effective privacy policy; starts the retention schedule
         self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing)
 
     # -- definition ----------------------------------------------------------------
@@ -267,8 +268,8 @@ class Experiments:
                                        "ml.features.experiment_tracking = true)")
 
     def _anonymizing(self) -> bool:
-        get = self._client.get
-        return bool(get("ml.data.anonymization_enabled") or get("ml.data.privacy_mode") == "strict")
+        """The effective policy's: on under strict and moderate whatever the key says."""
+        return self._data.policy.anonymization_enabled
 
     def _arm_ref(self, which: str, ref: Any) -> str:
         uri = getattr(ref, "uri", ref)

@@ -1,7 +1,7 @@
 """The data policy made real: consent, pseudonyms, retention, erasure, export, sharing, audit.
 
 `prefs.data` reads the `ml.data.*` keys live. While anonymisation is on (always under strict
-privacy) a subject id is turned into its keyed pseudonym before anything touches the store,
+and moderate privacy: only permissive mode may turn it off) a subject id is turned into its keyed pseudonym before anything touches the store,
 so consent rows, feedback, experiment units and the audit log never hold the raw id.
 """
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MODE_MINIMUMS: dict[str, dict[str, bool]] = {
     "strict": {"user_consent_required": True, "anonymization_enabled": True,
                "sharing_allowed": False, "opt_out_enabled": True},
-    "moderate": {"opt_out_enabled": True},
+    "moderate": {"anonymization_enabled": True, "opt_out_enabled": True},
     "permissive": {},
 }
 

@@ -199,6 +199,30 @@ class DataPrivacy:
         """True unless the subject opted out, or consent is required and not given."""
         return self.status(subject).may_train
 
+    # -- checks inside another service's write transaction -----------------------------
+    def refusal(self, db: Any, subject: str, since: float) -> str | None:
+        """Why a record of `subject` begun at `since` must not be stored: "erased", "opted_out"
+        or "no_consent" (None: store it). Read through `db`, the caller's open write
+        transaction, so an erasure, revocation or opt-out committed by any process before
+        that transaction is seen, and none can commit between this check and the insert."""
+        pseudonym, raw = self._ids(_check_subject(subject, "refusal"))
+        if db.execute("SELECT 1 FROM data_audit WHERE subject = ? AND action = 'erase' "
+                      "AND at >= ? LIMIT 1", (pseudonym, since)).fetchone():
+            return "erased"
+        row = db.execute("SELECT 1, consented, opted_out, updated_at FROM consent WHERE subject "
+                         "IN (?, ?) ORDER BY updated_at DESC LIMIT 1", (pseudonym, raw)).fetchone()
+        status = self._status(pseudonym, tuple(row) if row is not None else None)
+        if status.opted_out:
+            return "opted_out"
+        return None if status.may_train else "no_consent"
+
+    def erasures_since(self, db: Any, since: float) -> dict[str, float]:
+        """Pseudonym -> time of its latest erasure at or after `since`, read through the
+        caller's write transaction: buffered rows recorded before such a time are dropped."""
+        return {subject: at for subject, at in db.execute(
+            "SELECT subject, MAX(at) FROM data_audit WHERE action = 'erase' AND at >= ? "
+            "AND subject IS NOT NULL GROUP BY subject", (since,)).fetchall()}
+
     # -- retention ------------------------------------------------------------------------
     def cleanup(self, now: float | None = None) -> dict[str, int]:
         """Delete every SDK-held record older than ml.data.retention_days; counts per table.
@@ -237,15 +261,25 @@ class DataPrivacy:
         """Delete every row of the subject in every table (and plugins' stores); counts."""
         pseudonym, raw = self._ids(_check_subject(subject, "erase"))
         self._flush_services()
+        # One transaction deletes the rows and writes the erasure's audit entry, which is the
+        # marker other writers check (refusal, erasures_since): a record begun before it is
+        # never stored after it, in any process.
         with self._store.transaction() as db:
             counts = {table: db.execute(f"DELETE FROM {table} WHERE {column} IN (?, ?)",
                                         (pseudonym, raw)).rowcount
                       for table, column in SUBJECT_COLUMNS.items()}
+            at = time.time()
+            self._audit(db, "erase", pseudonym, {"deleted": counts}, at)
         hook = self._client.plugin_manager.hook
-        _add_plugin_counts(counts, "mlprefs_erase",
+        plugin_counts: dict[str, int] = {}
+        _add_plugin_counts(plugin_counts, "mlprefs_erase",
                            hook.mlprefs_erase(client=self._client, pseudonym=pseudonym))
-        with self._store.transaction() as db:
-            self._audit(db, "erase", pseudonym, {"deleted": counts})
+        if plugin_counts:
+            counts.update(plugin_counts)
+            with self._store.transaction() as db:
+                db.execute("UPDATE data_audit SET detail = ? WHERE action = 'erase' AND "
+                           "subject = ? AND at = ?",
+                           (json.dumps({"deleted": counts}, sort_keys=True), pseudonym, at))
         self._purge_wal()
         if not any(n for t, n in counts.items() if t != "data_audit"):
             warnings.warn(f"erase: no data was held for subject {pseudonym[:12]}... "

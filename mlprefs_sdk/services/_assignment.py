@@ -17,6 +17,9 @@ Writes are buffered in memory (deques, safe across threads without a lock) and f
 one transaction: by the caller when 200,000 rows are waiting; by a timer thread once the
 caller has been quiet for half a second, and at least every 3 s; and before analyze(), on
 flush() and close() (and at interpreter exit, as a last resort).
+Erasure is final: inside the flush's transaction the store is asked which subjects were
+erased (by any process) since the oldest buffered row was recorded, and a buffered row of such
+a subject recorded before its erasure is dropped, never stored after it.
 Big sorted batches matter: unit rows are keyed by random pseudonyms, and a batch written in
 key order rewrites far fewer index pages than the same rows in arrival order. Raw unit ids live
 only in memory: with anonymisation on they are turned into pseudonyms at flush time, before
@@ -93,12 +96,17 @@ class WriteBuffer:
     """
 
     def __init__(self, store: Any, pseudonym: Callable[[str], str],
-                 anonymizing: Callable[[], bool]) -> None:
+                 anonymizing: Callable[[], bool],
+                 erasures: Callable[[Any, float], dict[str, float]] | None = None) -> None:
         self._store = store
         self._pseudonym = pseudonym
         self._anonymizing = anonymizing  # the live preference, asked once per batch
+        self._erasures = erasures  # (db, since) -> {pseudonym: erased at}, in the write's tx
+        # units: (live, unit, arm, assigned at, split since); outcomes: (live, unit, arm,
+        # value, at, recorded at) - "recorded at" is when record() was called
         self.units: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
-        self.outcomes: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
+        self.outcomes: collections.deque[tuple[Live, str, str, float, float, float]] = \
+            collections.deque()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -171,14 +179,15 @@ class WriteBuffer:
                 p = names[unit] = pseudonym(unit)
             return p
 
-        groups: dict[tuple[str, float, str], list[tuple]] = {}
-        for live, u, arm, at, since in units:
-            groups.setdefault((live.name, since, arm), []).append((live.name, stored(live, u),
-                                                                   arm, at))
-        outcome_rows = [(live.name, stored(live, u), arm, value, at)
-                        for live, u, arm, value, at in outcomes]
-        outcome_rows.sort(key=_outcome_order)
         with self._store.transaction() as db:
+            units, outcomes = self._drop_erased(db, units, outcomes)
+            groups: dict[tuple[str, float, str], list[tuple]] = {}
+            for live, u, arm, at, since in units:
+                groups.setdefault((live.name, since, arm), []).append(
+                    (live.name, stored(live, u), arm, at))
+            outcome_rows = [(live.name, stored(live, u), arm, value, at)
+                            for live, u, arm, value, at, _ in outcomes]
+            outcome_rows.sort(key=_outcome_order)
             for (name, since, arm), rows in groups.items():
                 # In index order: consecutive inserts share pages, which keeps the rewritten
                 # part of the unit index (random pseudonyms) small.
@@ -195,6 +204,34 @@ class WriteBuffer:
             if outcome_rows:
                 db.executemany("INSERT INTO experiment_outcomes (experiment, unit, arm, value, at) "
                                "VALUES (?, ?, ?, ?, ?)", outcome_rows)
+
+    def _drop_erased(self, db: Any, units: list[tuple],
+                     outcomes: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+        """The rows minus those of subjects erased after the row was recorded."""
+        if self._erasures is None or not (units or outcomes):
+            return units, outcomes
+        oldest = min([u[3] for u in units] + [o[5] for o in outcomes])
+        erased = self._erasures(db, oldest)
+        if not erased:
+            return units, outcomes
+        names: dict[str, str] = {}
+
+        def gone(unit: str, recorded: float) -> bool:
+            p = names.get(unit)
+            if p is None:
+                p = names[unit] = self._pseudonym(unit)
+            return p in erased and recorded <= erased[p]
+
+        kept_units = [u for u in units if not gone(u[1], u[3])]
+        kept_outcomes = [o for o in outcomes if not gone(o[1], o[5])]
+        dropped = len(units) - len(kept_units) + len(outcomes) - len(kept_outcomes)
+        if dropped:
+            log.info("mlprefs: %d buffered experiment row(s) of erased subject(s) dropped, not "
+                     "stored after the erasure", dropped)
+            for live, u, *_ in units:  # forget the erased units' arms: they were deleted
+                if gone(u, float("-inf")):
+                    live.known.pop(u, None)
+        return kept_units, kept_outcomes
 
     def stored_unit(self, live: Live, unit: str) -> str:
         """The unit id as the store holds it: its pseudonym while anonymisation is on (for

@@ -65,7 +65,8 @@ class Experiments:
         self._store = client._store
         self._live: dict[str, Live] = {}
         self._data = client.data  # the effective privacy policy; starts the retention schedule
-        self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing)
+        self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing,
+                                   self._data.erasures_since)
 
     # -- definition ----------------------------------------------------------------
     def create(self, name: str, control: Any, treatment: Any, metric: str = "conversion", *,
@@ -144,7 +145,7 @@ class Experiments:
         when = now if at is None else _time(at)
         arm = live.known.get(unit) or self._assign_new(live, unit, now)
         buffer = self._buffer
-        buffer.outcomes.append((live, unit, arm, value, when))
+        buffer.outcomes.append((live, unit, arm, value, when, now))
         buffer.added()
 
     def record_many(self, name: str, rows: Iterable[Sequence[Any]]) -> int:
@@ -163,7 +164,7 @@ class Experiments:
                 raise type(e)(f"row {i}: {e}; nothing was recorded") from None
         for unit, value, at in checked:
             arm = live.known.get(unit) or self._assign_new(live, unit, now)
-            self._buffer.outcomes.append((live, unit, arm, value, at))
+            self._buffer.outcomes.append((live, unit, arm, value, at, now))
             self._buffer.added()
         return len(checked)
 

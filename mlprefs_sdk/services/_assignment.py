@@ -16,7 +16,9 @@ from an in-memory cache, so a repeated assign costs a dict lookup.
 Writes are buffered in memory (deques, safe across threads without a lock) and flushed in
 one transaction: by the caller when 200,000 rows are waiting; by a timer thread once the
 caller has been quiet for half a second, and at least every 3 s; and before analyze(), on
-flush() and close() (and at interpreter exit, as a last resort).
+flush() and close(), on SIGTERM and SIGINT, and at interpreter exit (_lifecycle.py). A SIGKILL
+can lose what came in during the last FLUSH_INTERVAL_S * MAX_TICKS seconds (3 s) at most, and
+never more than FLUSH_ROWS rows; record(..., durable=True) writes before it returns.
 Erasure is final: inside the flush's transaction the store is asked which subjects were
 erased (by any process) since the oldest buffered row was recorded, and a buffered row of such
 a subject recorded before its erasure is dropped, never stored after it.
@@ -31,12 +33,12 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
-import os
 import threading
 import weakref
 from typing import Any, Callable
 
 from ..errors import MlprefsError
+from . import _lifecycle
 
 __all__ = ["Live", "WriteBuffer", "unit_text", "InvalidUnitError", "HASH_SCALE",
            "KNOWN_UNITS_MAX"]
@@ -107,7 +109,7 @@ class WriteBuffer:
         self.units: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
         self.outcomes: collections.deque[tuple[Live, str, str, float, float, float]] = \
             collections.deque()
-        self._flush_lock = threading.Lock()
+        self._flush_lock = _lifecycle.OwnedLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,7 +117,7 @@ class WriteBuffer:
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda b: b and b.close())(ref())
         atexit.register(self._atexit)
-        os.register_at_fork(after_in_child=lambda: (lambda b: b and b._forget())(ref()))
+        _lifecycle.register(self)  # flushed on SIGTERM / SIGINT; fork-safe
 
     def __len__(self) -> int:
         return len(self.units) + len(self.outcomes)
@@ -251,11 +253,25 @@ class WriteBuffer:
             thread.join()
         self.flush()
 
+    # -- _lifecycle.Buffered ----------------------------------------------------------
+    def flush_now(self) -> bool:
+        """Flush, unless this thread is mid-write (a signal handler must not deadlock)."""
+        if self._flush_lock.held_here() or _lifecycle.store_mid_write(self._store):
+            return False
+        self.flush()
+        return True
+
+    def fork_locks(self) -> list[_lifecycle.OwnedLock]:
+        return [self._flush_lock]
+
+    def after_fork_in_child(self, renew: bool) -> None:
+        self._forget()
+
     def _forget(self) -> None:
         """In a forked child: the parent flushes its own rows; the child starts empty."""
         self.units.clear()
         self.outcomes.clear()
-        self._flush_lock = threading.Lock()
+        self._flush_lock = _lifecycle.OwnedLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None

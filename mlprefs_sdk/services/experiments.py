@@ -134,8 +134,11 @@ class Experiments:
             self._buffer.added()
         return arm
 
-    def record(self, name: str, unit_id: str | int, value: Any, at: float | None = None) -> None:
-        """Buffer one outcome (assigning the unit first if needed); see flush()."""
+    def record(self, name: str, unit_id: str | int, value: Any, at: float | None = None, *,
+               durable: bool = False) -> None:
+        """Buffer one outcome (assigning the unit first if needed); see flush(). Buffered rows
+        survive SIGTERM, SIGINT and exit; durable=True writes them before returning, so not
+        even a SIGKILL right after can lose this one."""
         if not self._client.get(AB_KEY):
             self._require_enabled()
         live = self._live.get(name) or self._load(name)
@@ -146,7 +149,10 @@ class Experiments:
         arm = live.known.get(unit) or self._assign_new(live, unit, now)
         buffer = self._buffer
         buffer.outcomes.append((live, unit, arm, value, when, now))
-        buffer.added()
+        if durable:
+            buffer.flush()
+        else:
+            buffer.added()
 
     def record_many(self, name: str, rows: Iterable[Sequence[Any]]) -> int:
         """Outcomes as (unit_id, value) or (unit_id, value, at); all checked before any is kept."""

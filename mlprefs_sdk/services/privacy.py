@@ -238,12 +238,14 @@ class DataPrivacy:
         claimed its slot before starting)."""
         now = time.time() if now is None else now
         before = now - self.policy.retention_seconds
-        counts = {table: delete_expired(self._store, table, column, before, stop)
+        gate = self._auto.gate  # held around each write, so no fork lands inside one
+        counts = {table: delete_expired(self._store, table, column, before, stop, gate=gate)
                   for table, column in DATED_COLUMNS.items()}
         hook = self._client.plugin_manager.hook
-        _add_plugin_counts(counts, "mlprefs_cleanup",
-                           hook.mlprefs_cleanup(client=self._client, before=before))
-        with self._store.transaction() as db:
+        with gate:
+            _add_plugin_counts(counts, "mlprefs_cleanup",
+                               hook.mlprefs_cleanup(client=self._client, before=before))
+        with gate, self._store.transaction() as db:
             if record_run:
                 AutoCleanup.record_run(db, time.time())
             self._audit(db, "cleanup", None, {"before": before, "deleted": counts}, actor=actor)

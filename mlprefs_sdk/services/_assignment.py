@@ -155,18 +155,24 @@ class WriteBuffer:
 
     def flush(self) -> int:
         """Write every pending row in one transaction; on failure the rows stay queued."""
-        with self._flush_lock:
-            units = _drain(self.units)
-            outcomes = _drain(self.outcomes)
-            if not units and not outcomes:
-                return 0
-            try:
-                self._write(units, outcomes)
-            except BaseException:
-                self.units.extendleft(reversed(units))
-                self.outcomes.extendleft(reversed(outcomes))
-                raise
-            return len(units) + len(outcomes)
+        try:
+            with self._flush_lock:
+                return self._flush_locked()
+        finally:
+            _lifecycle.write_ended()
+
+    def _flush_locked(self) -> int:
+        units = _drain(self.units)
+        outcomes = _drain(self.outcomes)
+        if not units and not outcomes:
+            return 0
+        try:
+            self._write(units, outcomes)
+        except BaseException:
+            self.units.extendleft(reversed(units))
+            self.outcomes.extendleft(reversed(outcomes))
+            raise
+        return len(units) + len(outcomes)
 
     def _write(self, units: list[tuple], outcomes: list[tuple]) -> None:
         names: dict[str, str] = {}
@@ -255,11 +261,22 @@ class WriteBuffer:
 
     # -- _lifecycle.Buffered ----------------------------------------------------------
     def flush_now(self) -> bool:
-        """Flush, unless this thread is mid-write (a signal handler must not deadlock)."""
-        if self._flush_lock.held_here() or _lifecycle.store_mid_write(self._store):
+        """Flush unless a write is in progress (False): a signal handler must never wait on
+        a lock the thread it interrupted may hold."""
+        if not _lifecycle.take_in_handler(self._flush_lock):
             return False
-        self.flush()
+        try:
+            if _lifecycle.store_mid_write(self._store):
+                return False
+            self._flush_locked()
+        finally:
+            self._flush_lock.release()
         return True
+
+    def wait_idle(self) -> None:
+        with self._flush_lock:
+            pass
+        self._store.query("SELECT 1")  # waits for a write this thread's store has open
 
     def fork_locks(self) -> list[_lifecycle.OwnedLock]:
         return [self._flush_lock]

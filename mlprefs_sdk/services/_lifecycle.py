@@ -30,11 +30,13 @@ import threading
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["OwnedLock", "Buffered", "register", "store_mid_write", "FORK_WAIT_S", "SIGNALS"]
+__all__ = ["OwnedLock", "Buffered", "register", "store_mid_write", "write_ended",
+           "take_in_handler", "pending", "FORK_WAIT_S", "HANDLER_WAIT_S", "SIGNALS"]
 
 log = logging.getLogger(__name__)
 
 FORK_WAIT_S = 2.0
+HANDLER_WAIT_S = 0.05  # a handler waits this long for another thread; then the helper waits
 SIGNALS = ("SIGTERM", "SIGINT")
 
 
@@ -62,7 +64,7 @@ class OwnedLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def held_here(self) -> bool:
@@ -76,6 +78,9 @@ class Buffered(Protocol):
 
     def flush_now(self) -> bool:
         """Write now unless this thread is mid-write (then False: try again later)."""
+
+    def wait_idle(self) -> None:
+        """Return once no write of this buffer is in progress (blocking)."""
 
     def fork_locks(self) -> list[OwnedLock]: ...
 
@@ -133,10 +138,23 @@ def _install_signal_handlers() -> None:
         signal.signal(signum, _on_signal)
 
 
+# Signals whose handling waits for a write in progress. Whoever removes one from the set
+# (set.remove is atomic) finishes it: the main thread when its own write ends (write_ended),
+# or the helper thread once no write is in progress (by sending the signal again).
+pending: set[int] = set()
+_in_handler = threading.Lock()  # held by the main thread while it runs _on_signal
+
+
 def _on_signal(signum: int, frame: Any) -> None:
-    if not _flush_all_now():
-        _defer(signum)
+    if not _in_handler.acquire(blocking=False):  # a signal inside our own handler: merge it
+        pending.add(signum)
         return
+    try:
+        if not _flush_all_now():
+            _defer(signum)
+            return
+    finally:
+        _in_handler.release()
     previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
@@ -145,6 +163,16 @@ def _on_signal(signum: int, frame: Any) -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     signal.signal(signum, _on_signal)  # only reached if the signal is blocked
+
+
+def take_in_handler(lock: OwnedLock) -> bool:
+    """Acquire `lock` from a signal handler without deadlocking: False when the interrupted
+    thread holds it (or another thread kept it past HANDLER_WAIT_S)."""
+    if lock.acquire(blocking=False):
+        return True
+    if lock.owner == threading.get_ident():
+        return False
+    return lock.acquire(timeout=HANDLER_WAIT_S)
 
 
 def _flush_all_now() -> bool:
@@ -158,27 +186,39 @@ def _flush_all_now() -> bool:
     return done
 
 
-_deferred: set[int] = set()
-
-
 def _defer(signum: int) -> None:
-    """The interrupted thread is mid-write: a helper waits for it, writes, and re-signals."""
-    if signum in _deferred:
+    """A write is in progress: finish the signal when it ends, never by waiting here."""
+    if signum in pending:
         return
-    _deferred.add(signum)
+    pending.add(signum)
 
     def finish() -> None:
-        try:
-            for buffer in list(_buffers):
-                try:
-                    buffer.flush()
-                except Exception:
-                    log.exception("mlprefs: buffered rows could not be written on a signal")
-        finally:
-            _deferred.discard(signum)
-            os.kill(os.getpid(), signum)
+        for buffer in list(_buffers):
+            try:
+                buffer.wait_idle()  # the write in progress, wherever it is, ends
+            except Exception:
+                log.exception("mlprefs: waiting for a write to end on a signal failed")
+        with _in_handler:  # never re-signal while the main thread is inside our handler
+            try:
+                pending.remove(signum)
+            except KeyError:
+                return  # the main thread finished it first
+            os.kill(os.getpid(), signum)  # the handler runs again, now unblocked
 
     threading.Thread(target=finish, name="mlprefs-signal-flush", daemon=True).start()
+
+
+def write_ended() -> None:
+    """Buffers call this after releasing their locks: a signal that arrived during the write
+    is handled now, in the main thread, without a round trip through the helper."""
+    if not pending or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in list(pending):
+        try:
+            pending.remove(signum)
+        except KeyError:
+            continue
+        _on_signal(signum, None)
 
 
 # -- fork -----------------------------------------------------------------------------------

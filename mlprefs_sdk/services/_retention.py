@@ -144,6 +144,10 @@ class AutoCleanup:
     def flush_now(self) -> bool:
         return True
 
+    def wait_idle(self) -> None:
+        with self.gate:
+            pass
+
     def fork_locks(self) -> list[_lifecycle.OwnedLock]:
         return [self.gate]
 

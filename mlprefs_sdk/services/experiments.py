@@ -35,6 +35,7 @@ from ._experiment_values import (
     InvalidExperimentError,
     InvalidOutcomeError,
 )
+from . import _lifecycle
 from .stats import Moments, compare, srm_test
 
 __all__ = ["Experiments", *PUBLIC]
@@ -153,6 +154,8 @@ class Experiments:
             buffer.flush()
         else:
             buffer.added()
+        if _lifecycle.pending:  # a signal came while this thread was writing: handle it now
+            _lifecycle.write_ended()
 
     def record_many(self, name: str, rows: Iterable[Sequence[Any]]) -> int:
         """Outcomes as (unit_id, value) or (unit_id, value, at); all checked before any is kept."""

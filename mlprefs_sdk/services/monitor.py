@@ -190,6 +190,7 @@ class Monitor:
                 self._oldest = now
             buf.append((model, version, accuracy, latency_ms, now))
             due = durable or len(buf) >= BATCH or now - self._oldest >= MAX_AGE
+        _lifecycle.write_ended()
         if due:
             self.flush()
         elif self._thread is None:
@@ -224,8 +225,11 @@ class Monitor:
 
     def flush(self) -> int:
         """Write the buffered samples now; returns how many."""
-        with self._flush_lock:
-            return self._flush()
+        try:
+            with self._flush_lock:
+                return self._flush()
+        finally:
+            _lifecycle.write_ended()
 
     def _flush(self) -> int:
         with self._lock:
@@ -389,12 +393,25 @@ class Monitor:
 
     # -- _lifecycle.Buffered ----------------------------------------------------------
     def flush_now(self) -> bool:
-        """Flush, unless this thread is mid-write (a signal handler must not deadlock)."""
-        if self._lock.held_here() or self._flush_lock.held_here() \
-                or _lifecycle.store_mid_write(self._store):
+        """Flush unless a write or an append is in progress (False): a signal handler must
+        never wait on a lock the thread it interrupted may hold."""
+        if not _lifecycle.take_in_handler(self._flush_lock):
             return False
-        self.flush()
+        try:
+            if not _lifecycle.take_in_handler(self._lock):
+                return False
+            self._lock.release()
+            if _lifecycle.store_mid_write(self._store):
+                return False
+            self._flush()
+        finally:
+            self._flush_lock.release()
         return True
+
+    def wait_idle(self) -> None:
+        with self._flush_lock, self._lock:
+            pass
+        self._store.query("SELECT 1")  # waits for a write this thread's store has open
 
     def fork_locks(self) -> list[_lifecycle.OwnedLock]:
         return [self._flush_lock, self._lock]

@@ -200,28 +200,35 @@ class Monitor:
         with self._lock:
             if self._thread is not None or self._stop.is_set():
                 return
-            self._thread = threading.Thread(target=self._timer, args=(weakref.ref(self),),
+            self._thread = threading.Thread(target=self._timer,
+                                            args=(weakref.ref(self), self._stop),
                                             name="mlprefs-monitor-flush", daemon=True)
         self._thread.start()
 
     @staticmethod
-    def _timer(ref: "weakref.ref[Monitor]") -> None:
-        """Write samples once the oldest is MAX_AGE old, even if no further sample comes."""
+    def _timer(ref: "weakref.ref[Monitor]", stop: threading.Event) -> None:
+        """Write samples once the oldest is MAX_AGE old, even if no further sample comes;
+        holds the monitor only weakly, so a dropped monitor ends the thread."""
         while True:
             monitor = ref()
-            if monitor is None or monitor._stop.wait(0) or monitor._pid != os.getpid():
+            if monitor is None or not monitor.flush_due():
                 return
-            stop = monitor._stop
-            due = monitor._buf and time.time() - monitor._oldest >= MAX_AGE
-            if due:
-                try:
-                    monitor.flush()
-                except Exception:  # the samples stay buffered; the next tick retries
-                    log.exception("mlprefs: monitoring samples could not be written yet; they "
-                                  "stay buffered and are retried in %.2fs", TICK)
             del monitor
             if stop.wait(TICK):
                 return
+
+    def flush_due(self) -> bool:
+        """For the timer: write the buffer if its oldest sample is MAX_AGE old. False once
+        the monitor is closed, or in a forked child (the timer is the parent's)."""
+        if self._stop.is_set() or self._pid != os.getpid():
+            return False
+        if self._buf and time.time() - self._oldest >= MAX_AGE:
+            try:
+                self.flush()
+            except Exception:  # the samples stay buffered; the next tick retries
+                log.exception("mlprefs: monitoring samples could not be written yet; they "
+                              "stay buffered and are retried in %.2fs", TICK)
+        return True
 
     def flush(self) -> int:
         """Write the buffered samples now; returns how many."""

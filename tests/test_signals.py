@@ -155,3 +155,29 @@ def test_monitor_samples_reach_the_store_without_another_record_or_flush(home):
         while stored_rows(home, "monitor") == 0:  # the timer writes it within MAX_AGE + TICK
             assert time.monotonic() < deadline, f"not written within {MAX_AGE + TICK}s and more"
             time.sleep(0.05)
+
+
+# A service first created in a worker thread installs nothing (signal.signal works only in the
+# main thread); the next one created in the main thread installs the handlers, once.
+THREADS = r"""
+import signal, threading
+from mlprefs_sdk import Client
+
+prefs = Client()
+t = threading.Thread(target=lambda: prefs.monitor)
+t.start(); t.join()
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+other = Client()
+other.monitor
+ours = signal.getsignal(signal.SIGTERM)
+print(ours is not signal.SIG_DFL)
+third = Client()
+third.monitor
+print(signal.getsignal(signal.SIGTERM) is ours)
+"""
+
+
+def test_handlers_are_installed_from_the_main_thread_only_and_once(home):
+    out = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["True", "True", "True"]

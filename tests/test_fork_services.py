@@ -82,3 +82,32 @@ def test_forks_while_service_threads_write_never_deadlock_the_child(home):
             time.sleep(rng.uniform(0, 0.7))  # fork at a random phase of their write cycles
             results.append(in_child(child))
     assert results == ["ok"] * FORKS
+
+
+def test_dataloader_fork_workers_record_while_the_parent_flushes(home):
+    torch_data = pytest.importorskip("torch.utils.data")
+    with Client(overrides=SETTINGS) as prefs:
+        prefs.experiments.create("checkout", "a", "b", metric="mean")
+
+        class Samples(torch_data.Dataset):
+            def __len__(self) -> int:
+                return 64
+
+            def __getitem__(self, i: int) -> int:
+                prefs.experiments.record("checkout", f"worker-{i}", float(i), durable=True)
+                prefs.monitor.record("churn", "worker", latency_ms=float(i), durable=True)
+                return i
+
+        rng = random.Random(5)
+        for epoch in range(4):
+            for j in range(rng.randrange(500, 3000)):  # the parent's flusher and timer are busy
+                prefs.experiments.record("checkout", f"p{epoch}-{j}", float(j))
+                prefs.monitor.record("churn", "1", latency_ms=float(j))
+            time.sleep(rng.uniform(0, 0.6))
+            loader = torch_data.DataLoader(Samples(), batch_size=8, num_workers=2,
+                                           multiprocessing_context="fork", timeout=60)
+            assert sum(len(batch) for batch in loader) == 64  # a hung worker times out
+        prefs.experiments.flush()
+        units = {u for (u,) in prefs.store.query("SELECT unit FROM experiment_outcomes")}
+        workers = {prefs.data.pseudonym(f"worker-{i}") for i in range(64)}  # stored pseudonymised
+    assert workers <= units

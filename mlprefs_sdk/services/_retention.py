@@ -12,7 +12,8 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, ContextManager, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterable
 
 from . import _lifecycle
 
@@ -55,7 +56,7 @@ JSON_COLUMNS: dict[str, tuple[str, ...]] = {
 
 def delete_expired(store: Any, table: str, column: str, before: float,
                    stop: Callable[[], bool] = lambda: False, batch: int = BATCH_ROWS,
-                   gate: ContextManager[Any] | None = None) -> int:
+                   gate: AbstractContextManager[Any] | None = None) -> int:
     """Delete rows with column < before, `batch` rows per transaction; returns how many.
 
     Each batch ends at the time of its last row (found through the time index), so the

@@ -206,7 +206,7 @@ class Monitor:
         self._thread.start()
 
     @staticmethod
-    def _timer(ref: "weakref.ref[Monitor]", stop: threading.Event) -> None:
+    def _timer(ref: weakref.ref[Monitor], stop: threading.Event) -> None:
         """Write samples once the oldest is MAX_AGE old, even if no further sample comes;
         holds the monitor only weakly, so a dropped monitor ends the thread."""
         while True:

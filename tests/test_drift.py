@@ -111,3 +111,52 @@ def test_importing_drift_does_not_import_numpy():
             "assert d.psi([1, 2, 3], [1, 2, 3], use_numpy=False) == 0.0; "
             "assert 'numpy' not in sys.modules, 'numpy imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("use_numpy", ENGINES)
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), np.float64("inf")])
+@pytest.mark.parametrize("which", ["reference", "current"])
+def test_an_infinite_value_is_a_value_error_naming_sample_and_item(use_numpy, bad, which):
+    samples = {"reference": [1.0, 2.0, 3.0], "current": [1.0, 2.0, 3.0]}
+    samples[which] = [1.0, 2.0, bad, 4.0]
+    for method in ("psi", "ks"):
+        with pytest.raises(ValueError, match=f"{which} item 2 is an infinite value"):
+            detect(samples["reference"], samples["current"], method, 0.2, 0.05,
+                   use_numpy=use_numpy)
+
+
+@pytest.mark.parametrize("use_numpy", ENGINES)
+@pytest.mark.parametrize("which", ["reference", "current"])
+def test_an_int_beyond_float_range_is_a_value_error_naming_sample_and_item(use_numpy, which):
+    samples = {"reference": [1, 2, 3], "current": [1, 2, 3]}
+    samples[which] = [1, 10 ** 400, 3]
+    with pytest.raises(ValueError, match=f"{which} item 1 is a number beyond float range"):
+        psi(samples["reference"], samples["current"], use_numpy=use_numpy)
+    with pytest.raises(ValueError, match=f"{which} item 1 is a number beyond float range"):
+        ks_2samp(samples["reference"], samples["current"], use_numpy=use_numpy)
+
+
+@pytest.mark.parametrize("use_numpy", ENGINES)
+def test_an_infinite_value_in_a_numpy_array_is_named(use_numpy):
+    with pytest.raises(ValueError, match="current item 3 is an infinite value"):
+        psi(np.arange(5.0), np.array([0.0, 1.0, 2.0, -np.inf]), use_numpy=use_numpy)
+
+
+@pytest.mark.parametrize("use_numpy", ENGINES)
+def test_psi_sees_a_shift_wholly_above_a_constant_reference(use_numpy):
+    result = detect([5.0] * 200, [6.0] * 200, "psi", 0.2, 0.05, use_numpy=use_numpy)
+    assert result.drifted and result.score > 10
+    assert psi([5.0] * 200, [5.0] * 50, use_numpy=use_numpy) == 0.0
+
+
+@pytest.mark.parametrize("use_numpy", ENGINES)
+def test_psi_sees_a_shift_above_a_reference_tied_at_its_maximum(use_numpy):
+    ref = [0.0] * 10 + [1.0] * 90
+    assert psi(ref, [3.0] * 100, use_numpy=use_numpy) > 10
+
+
+def test_psi_engines_agree_when_the_current_sample_leaves_the_reference_range():
+    ref = [5.0] * 100 + [1.0, 2.0]
+    cur = [4.0] * 30 + [9.0] * 70
+    assert psi(ref, cur, use_numpy=False) == pytest.approx(psi(ref, cur, use_numpy=True),
+                                                           rel=1e-12)

@@ -240,7 +240,7 @@ def test_unit_ids_are_stored_only_as_pseudonyms_under_anonymisation(home):
 
 
 def test_unit_ids_are_stored_raw_when_anonymisation_is_off(home):
-    overrides = {**ENABLE, "ml.data.privacy_mode": "moderate",
+    overrides = {**ENABLE, "ml.data.privacy_mode": "permissive",
                  "ml.data.anonymization_enabled": False}
     with Client(overrides=overrides) as prefs:
         prefs.experiments.create("checkout", "old", "new")
@@ -252,7 +252,7 @@ def test_unit_ids_are_stored_raw_when_anonymisation_is_off(home):
 
 def test_turning_anonymisation_on_mid_experiment_stops_raw_ids_at_once(home):
     with Client(overrides=ENABLE) as prefs:
-        prefs.set("ml.data.privacy_mode", "moderate")
+        prefs.set("ml.data.privacy_mode", "permissive")
         prefs.set("ml.data.anonymization_enabled", False)
         prefs.experiments.create("checkout", "old", "new")
         prefs.experiments.record("checkout", "early-unit", 1)

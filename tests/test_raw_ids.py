@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlprefs_sdk import Client
+import pytest
+
+from mlprefs_sdk import Client, ValidationError
 
 SUBJECT = "raw-subject-7f3a9c@example.org"
 EXPERIMENTS = {"ml.features.experiment_tracking": True, "ml.experiments.ab_testing_enabled": True}
@@ -56,3 +58,48 @@ def test_erasure_removes_a_raw_id_stored_without_anonymisation(home):
         assert holders(home, SUBJECT) == []
         assert prefs.data.audit(subject=SUBJECT)[0].action == "erase"
     assert holders(home, SUBJECT) == []
+
+
+# -- every privacy mode x anonymisation pair, scanned on disk -------------------------------
+PAIRS = [(mode, anon) for mode in ("strict", "moderate", "permissive") for anon in (True, False)]
+MAY_STORE_RAW = {("permissive", False)}
+
+
+def _pair_id(pair: tuple[str, bool]) -> str:
+    return f"{pair[0]}-anonymisation-{'on' if pair[1] else 'off'}"
+
+
+@pytest.mark.parametrize("pair", [p for p in PAIRS if p != ("strict", False)], ids=_pair_id)
+def test_raw_id_is_on_disk_only_under_permissive_with_anonymisation_off(home, pair):
+    mode, anon = pair
+    overrides = {**EXPERIMENTS, "ml.data.privacy_mode": mode,
+                 "ml.data.anonymization_enabled": anon}
+    with Client(overrides=overrides) as prefs:
+        use_every_service(prefs)
+        prefs.data.revoke_consent(SUBJECT)
+        stored = {t: prefs.store.query(f"SELECT COUNT(*) FROM {t}")[0][0]
+                  for t in ("consent", "feedback", "experiment_units", "experiment_outcomes",
+                            "data_audit")}
+        assert all(stored.values()), stored  # every kind of subject row was written
+        open_holders = holders(home, SUBJECT)
+    closed_holders = holders(home, SUBJECT)
+    if pair in MAY_STORE_RAW:
+        assert open_holders or closed_holders  # the scan does find a raw id where one is kept
+    else:
+        assert open_holders == [] and closed_holders == []
+
+
+def test_strict_mode_with_anonymisation_off_is_refused_before_anything_is_stored(home):
+    overrides = {**EXPERIMENTS, "ml.data.anonymization_enabled": False}
+    with pytest.raises(ValidationError, match="strict-privacy|strict"):
+        Client(overrides=overrides)
+    assert holders(home, SUBJECT) == []
+
+
+def test_moderate_mode_pseudonymises_whatever_the_anonymisation_key_says(home):
+    overrides = {"ml.data.privacy_mode": "moderate", "ml.data.anonymization_enabled": False}
+    with Client(overrides=overrides) as prefs:
+        policy = prefs.data.policy
+        assert policy.anonymization_enabled
+        assert "ml.data.anonymization_enabled" in policy.implied
+        assert prefs.data.stored_id(SUBJECT) == prefs.data.pseudonym(SUBJECT)

@@ -52,6 +52,20 @@ def test_t_quantile_matches_scipy(df, q):
     assert S.t_ppf(1 - q, df) == pytest.approx(scipy_stats.t.ppf(1 - q, df), rel=1e-9)
 
 
+@pytest.mark.parametrize("df", [S.T_AS_NORMAL_DF * (1 + 1e-12), 1.5e7, 1e8, 1e10])
+def test_t_tail_above_the_normal_threshold_is_within_1e_8_of_scipy(df):
+    assert df > S.T_AS_NORMAL_DF  # the large-df branch is the one tested
+    worst = max(abs(S.t_sf(t / 100, df) - scipy_stats.t.sf(t / 100, df))
+                for t in range(-1500, 1501))
+    assert worst < 1e-8
+
+
+@pytest.mark.parametrize("df", [S.T_AS_NORMAL_DF * (1 + 1e-12), 1e9])
+@pytest.mark.parametrize("q", [0.6, 0.975, 0.9995])
+def test_t_quantile_above_the_normal_threshold_matches_scipy(df, q):
+    assert S.t_ppf(q, df) == pytest.approx(scipy_stats.t.ppf(q, df), rel=1e-12)
+
+
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
 @pytest.mark.parametrize("x", [0.01, 0.5, 1.0, 3.84, 10.0, 40.0, 200.0])
 def test_chi_square_tail_matches_scipy(df, x):

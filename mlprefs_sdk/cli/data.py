@@ -7,8 +7,13 @@ the store; note that a shell may keep them in its history.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -83,20 +88,52 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{t} {n}" for t, n in counts.items()) or "nothing"
 
 
+@contextlib.contextmanager
+def _unknown_subject_as_note() -> Iterator[None]:
+    """An UnknownSubjectWarning becomes one line on stderr (not a Python warning with a
+    source path): finding nothing to erase or export is an answer, not an error."""
+    from ..services.privacy import UnknownSubjectWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownSubjectWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, UnknownSubjectWarning):
+            print(f"mlprefs: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def cmd_erase(ctx: Any) -> None:
-    counts = ctx.client().data.erase(ctx.args.subject)
+    with _unknown_subject_as_note():
+        counts = ctx.client().data.erase(ctx.args.subject)
     ctx.emit(counts, f"erased {sum(counts.values())} row(s): {_counts_text(counts)}")
 
 
+def open_private(path: str) -> Any:
+    """A text file at `path` for subject data, readable by its owner only (0600 whatever the
+    umask, also when it existed with a looser mode); opened before the export runs, so a bad
+    --out fails before anything is read or audited."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot write it ({e.strerror or e})") from None
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def cmd_export(ctx: Any) -> None:
-    rows = ctx.client().data.export(ctx.args.subject)
-    if ctx.args.out:
-        with open(ctx.args.out, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
-        ctx.emit({"path": ctx.args.out, "rows": {t: len(r) for t, r in rows.items()}},
-                 f"wrote {sum(len(r) for r in rows.values())} row(s) to {ctx.args.out}")
-    else:
+    if not ctx.args.out:
+        with _unknown_subject_as_note():
+            rows = ctx.client().data.export(ctx.args.subject)
         ctx.emit(rows, lambda: json.dumps(rows, indent=2))
+        return
+    with open_private(ctx.args.out) as f:
+        with _unknown_subject_as_note():
+            rows = ctx.client().data.export(ctx.args.subject)
+        json.dump(rows, f, indent=2)
+    ctx.emit({"path": ctx.args.out, "rows": {t: len(r) for t, r in rows.items()}},
+             f"wrote {sum(len(r) for r in rows.values())} row(s) to {ctx.args.out}")
 
 
 def cmd_cleanup(ctx: Any) -> None:

@@ -16,7 +16,12 @@ from an in-memory cache, so a repeated assign costs a dict lookup.
 Writes are buffered in memory (deques, safe across threads without a lock) and flushed in
 one transaction: by the caller when 200,000 rows are waiting; by a timer thread once the
 caller has been quiet for half a second, and at least every 3 s; and before analyze(), on
-flush() and close() (and at interpreter exit, as a last resort).
+flush() and close(), on SIGTERM and SIGINT, and at interpreter exit (_lifecycle.py). A SIGKILL
+can lose what came in during the last FLUSH_INTERVAL_S * MAX_TICKS seconds (3 s) at most, and
+never more than FLUSH_ROWS rows; record(..., durable=True) writes before it returns.
+Erasure is final: inside the flush's transaction the store is asked which subjects were
+erased (by any process) since the oldest buffered row was recorded, and a buffered row of such
+a subject recorded before its erasure is dropped, never stored after it.
 Big sorted batches matter: unit rows are keyed by random pseudonyms, and a batch written in
 key order rewrites far fewer index pages than the same rows in arrival order. Raw unit ids live
 only in memory: with anonymisation on they are turned into pseudonyms at flush time, before
@@ -28,12 +33,12 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
-import os
 import threading
 import weakref
 from typing import Any, Callable
 
 from ..errors import MlprefsError
+from . import _lifecycle
 
 __all__ = ["Live", "WriteBuffer", "unit_text", "InvalidUnitError", "HASH_SCALE",
            "KNOWN_UNITS_MAX"]
@@ -93,13 +98,18 @@ class WriteBuffer:
     """
 
     def __init__(self, store: Any, pseudonym: Callable[[str], str],
-                 anonymizing: Callable[[], bool]) -> None:
+                 anonymizing: Callable[[], bool],
+                 erasures: Callable[[Any, float], dict[str, float]] | None = None) -> None:
         self._store = store
         self._pseudonym = pseudonym
         self._anonymizing = anonymizing  # the live preference, asked once per batch
+        self._erasures = erasures  # (db, since) -> {pseudonym: erased at}, in the write's tx
+        # units: (live, unit, arm, assigned at, split since); outcomes: (live, unit, arm,
+        # value, at, recorded at) - "recorded at" is when record() was called
         self.units: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
-        self.outcomes: collections.deque[tuple[Live, str, str, float, float]] = collections.deque()
-        self._flush_lock = threading.Lock()
+        self.outcomes: collections.deque[tuple[Live, str, str, float, float, float]] = \
+            collections.deque()
+        self._flush_lock = _lifecycle.OwnedLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,7 +117,7 @@ class WriteBuffer:
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda b: b and b.close())(ref())
         atexit.register(self._atexit)
-        os.register_at_fork(after_in_child=lambda: (lambda b: b and b._forget())(ref()))
+        _lifecycle.register(self)  # flushed on SIGTERM / SIGINT; fork-safe
 
     def __len__(self) -> int:
         return len(self.units) + len(self.outcomes)
@@ -145,18 +155,24 @@ class WriteBuffer:
 
     def flush(self) -> int:
         """Write every pending row in one transaction; on failure the rows stay queued."""
-        with self._flush_lock:
-            units = _drain(self.units)
-            outcomes = _drain(self.outcomes)
-            if not units and not outcomes:
-                return 0
-            try:
-                self._write(units, outcomes)
-            except BaseException:
-                self.units.extendleft(reversed(units))
-                self.outcomes.extendleft(reversed(outcomes))
-                raise
-            return len(units) + len(outcomes)
+        try:
+            with self._flush_lock:
+                return self._flush_locked()
+        finally:
+            _lifecycle.write_ended()
+
+    def _flush_locked(self) -> int:
+        units = _drain(self.units)
+        outcomes = _drain(self.outcomes)
+        if not units and not outcomes:
+            return 0
+        try:
+            self._write(units, outcomes)
+        except BaseException:
+            self.units.extendleft(reversed(units))
+            self.outcomes.extendleft(reversed(outcomes))
+            raise
+        return len(units) + len(outcomes)
 
     def _write(self, units: list[tuple], outcomes: list[tuple]) -> None:
         names: dict[str, str] = {}
@@ -171,14 +187,15 @@ class WriteBuffer:
                 p = names[unit] = pseudonym(unit)
             return p
 
-        groups: dict[tuple[str, float, str], list[tuple]] = {}
-        for live, u, arm, at, since in units:
-            groups.setdefault((live.name, since, arm), []).append((live.name, stored(live, u),
-                                                                   arm, at))
-        outcome_rows = [(live.name, stored(live, u), arm, value, at)
-                        for live, u, arm, value, at in outcomes]
-        outcome_rows.sort(key=_outcome_order)
         with self._store.transaction() as db:
+            units, outcomes = self._drop_erased(db, units, outcomes)
+            groups: dict[tuple[str, float, str], list[tuple]] = {}
+            for live, u, arm, at, since in units:
+                groups.setdefault((live.name, since, arm), []).append(
+                    (live.name, stored(live, u), arm, at))
+            outcome_rows = [(live.name, stored(live, u), arm, value, at)
+                            for live, u, arm, value, at, _ in outcomes]
+            outcome_rows.sort(key=_outcome_order)
             for (name, since, arm), rows in groups.items():
                 # In index order: consecutive inserts share pages, which keeps the rewritten
                 # part of the unit index (random pseudonyms) small.
@@ -195,6 +212,34 @@ class WriteBuffer:
             if outcome_rows:
                 db.executemany("INSERT INTO experiment_outcomes (experiment, unit, arm, value, at) "
                                "VALUES (?, ?, ?, ?, ?)", outcome_rows)
+
+    def _drop_erased(self, db: Any, units: list[tuple],
+                     outcomes: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+        """The rows minus those of subjects erased after the row was recorded."""
+        if self._erasures is None or not (units or outcomes):
+            return units, outcomes
+        oldest = min([u[3] for u in units] + [o[5] for o in outcomes])
+        erased = self._erasures(db, oldest)
+        if not erased:
+            return units, outcomes
+        names: dict[str, str] = {}
+
+        def gone(unit: str, recorded: float) -> bool:
+            p = names.get(unit)
+            if p is None:
+                p = names[unit] = self._pseudonym(unit)
+            return p in erased and recorded <= erased[p]
+
+        kept_units = [u for u in units if not gone(u[1], u[3])]
+        kept_outcomes = [o for o in outcomes if not gone(o[1], o[5])]
+        dropped = len(units) - len(kept_units) + len(outcomes) - len(kept_outcomes)
+        if dropped:
+            log.info("mlprefs: %d buffered experiment row(s) of erased subject(s) dropped, not "
+                     "stored after the erasure", dropped)
+            for live, u, *_ in units:  # forget the erased units' arms: they were deleted
+                if gone(u, float("-inf")):
+                    live.known.pop(u, None)
+        return kept_units, kept_outcomes
 
     def stored_unit(self, live: Live, unit: str) -> str:
         """The unit id as the store holds it: its pseudonym while anonymisation is on (for
@@ -214,11 +259,36 @@ class WriteBuffer:
             thread.join()
         self.flush()
 
+    # -- _lifecycle.Buffered ----------------------------------------------------------
+    def flush_now(self) -> bool:
+        """Flush unless a write is in progress (False): a signal handler must never wait on
+        a lock the thread it interrupted may hold."""
+        if not _lifecycle.take_in_handler(self._flush_lock):
+            return False
+        try:
+            if _lifecycle.store_mid_write(self._store):
+                return False
+            self._flush_locked()
+        finally:
+            self._flush_lock.release()
+        return True
+
+    def wait_idle(self) -> None:
+        with self._flush_lock:
+            pass
+        self._store.query("SELECT 1")  # waits for a write this thread's store has open
+
+    def fork_locks(self) -> list[_lifecycle.OwnedLock]:
+        return [self._flush_lock]
+
+    def after_fork_in_child(self, renew: bool) -> None:
+        self._forget()
+
     def _forget(self) -> None:
         """In a forked child: the parent flushes its own rows; the child starts empty."""
         self.units.clear()
         self.outcomes.clear()
-        self._flush_lock = threading.Lock()
+        self._flush_lock = _lifecycle.OwnedLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None

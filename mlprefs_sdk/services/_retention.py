@@ -8,10 +8,14 @@ at most, never for the whole cleanup.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterable
+
+from . import _lifecycle
 
 __all__ = ["SUBJECT_COLUMNS", "DATED_COLUMNS", "JSON_COLUMNS", "delete_expired", "subject_rows",
            "AutoCleanup", "DAY"]
@@ -51,15 +55,17 @@ JSON_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def delete_expired(store: Any, table: str, column: str, before: float,
-                   stop: Callable[[], bool] = lambda: False, batch: int = BATCH_ROWS) -> int:
+                   stop: Callable[[], bool] = lambda: False, batch: int = BATCH_ROWS,
+                   gate: AbstractContextManager[Any] | None = None) -> int:
     """Delete rows with column < before, `batch` rows per transaction; returns how many.
 
     Each batch ends at the time of its last row (found through the time index), so the
-    statements stay portable and need no rowid. `stop()` is checked between batches.
+    statements stay portable and need no rowid. `stop()` is checked between batches; `gate`
+    is held around each batch (a fork waits for it: AutoCleanup.gate).
     """
     total = 0
     while not stop():
-        with store.transaction() as db:
+        with gate or contextlib.nullcontext(), store.transaction() as db:
             row = db.execute(f"SELECT {column} FROM {table} WHERE {column} < ? "
                              f"ORDER BY {column} LIMIT 1 OFFSET ?", (before, batch - 1)).fetchone()
             if row is None:  # the rest fits in one batch
@@ -76,6 +82,8 @@ class AutoCleanup:
 
     The last run time lives in the store (table `maintenance`), claimed in a transaction, so
     several processes sharing a store do not each run it. Never runs on the get() path.
+    Every store write of a run holds `gate`, which a fork takes first (_lifecycle), so a
+    child is never forked while this thread holds the store's lock.
     """
 
     TASK = "cleanup"
@@ -87,6 +95,8 @@ class AutoCleanup:
         self.interval, self.poll = interval, poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.gate = _lifecycle.OwnedLock()
+        _lifecycle.register(self)
 
     def start(self) -> None:
         if self._thread is None:
@@ -120,13 +130,34 @@ class AutoCleanup:
     def _claim(self) -> bool:
         """Take today's run if nobody ran it within `interval`; returns whether it is ours."""
         now = time.time()
-        with self._store.transaction() as db:
+        with self.gate, self._store.transaction() as db:
             row = db.execute("SELECT last_run FROM maintenance WHERE task = ?",
                              (self.TASK,)).fetchone()
             if row is not None and now - row[0] < self.interval:
                 return False
             self.record_run(db, now)
         return True
+
+    # -- _lifecycle: nothing buffered, but the thread must not hold a lock across a fork ----
+    def flush(self) -> int:
+        return 0
+
+    def flush_now(self) -> bool:
+        return True
+
+    def wait_idle(self) -> None:
+        with self.gate:
+            pass
+
+    def fork_locks(self) -> list[_lifecycle.OwnedLock]:
+        return [self.gate]
+
+    def after_fork_in_child(self, renew: bool) -> None:
+        """The thread is the parent's; the child starts its own when a client asks."""
+        self._thread = None
+        self._stop = threading.Event()
+        if renew:
+            self.gate = _lifecycle.OwnedLock()
 
     @classmethod
     def record_run(cls, db: Any, at: float) -> None:

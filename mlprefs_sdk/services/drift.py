@@ -3,8 +3,15 @@
 Both take lists or numpy arrays. numpy is imported on first use, never at module import; when
 it is not installed a pure-Python path computes the same numbers (sorting plus bisection).
 
-PSI: the reference's quantiles cut `bins` bins (ties merged), each sample's share per bin is
+PSI: the reference's quantiles cut `bins` bins (ties merged); each sample's share per bin is
 compared, and an empty bin counts as a share of EMPTY_SHARE so the logarithm stays finite.
+The top bin is open-ended; when the reference's values in it are all one value (ties at the
+maximum, e.g. a constant feature) values above that maximum get a bin of their own, so a
+shift wholly beyond the reference's range is seen (5.0s against 6.0s is drift, not PSI 0).
+Below the range needs no such bin: the lowest quantile edge is above the minimum, or it is the
+minimum and the bin below it holds no reference value.
+Every value must be finite and fit a float: NaN, +-inf or an int beyond float range is a
+ValueError naming the sample and the item, on both paths.
 KS: D = max |F_ref - F_cur| over the pooled values; the p-value is Kolmogorov's asymptotic
 distribution at sqrt(n*m/(n+m)) * D (scipy's `kstwobign.sf`).
 """
@@ -62,22 +69,49 @@ def _not_a_number(name: str, index: int, value: Any) -> TypeError:
                      f"{type(value).__name__} {value!r}")
 
 
+def _bad_value(name: str, index: int, value: Any) -> ValueError:
+    try:
+        as_float = float(value)
+    except OverflowError:
+        as_float = None
+    if as_float is not None and math.isnan(as_float):
+        return ValueError(f"drift: {name} contains NaN at index {index}; drop or impute "
+                          "missing values first")
+    what = "a number beyond float range" if as_float is None else "an infinite value"
+    return ValueError(f"drift: {name} item {index} is {what} ({value!r}); every value must "
+                      "be finite")
+
+
+def _check_items(name: str, items: Any) -> None:
+    """Raise for the first item that is not a finite number representable as a float."""
+    for i, v in enumerate(items):
+        if not isinstance(v, numbers.Real):
+            raise _not_a_number(name, i, v)
+        try:
+            f = float(v)
+        except OverflowError:
+            raise _bad_value(name, i, v) from None
+        if not math.isfinite(f):
+            raise _bad_value(name, i, v)
+
+
 def _as_array(np: Any, values: Any, name: str) -> Any:
     if not hasattr(values, "__len__"):  # a generator or other one-pass iterable
         values = list(values)
-    arr = np.asarray(values).ravel()
+    try:
+        arr = np.asarray(values).ravel()
+    except OverflowError:  # ints too large even for an object array's conversion
+        _check_items(name, values)
+        raise
     if arr.size == 0:
         raise ValueError(f"drift: {name} is empty; both samples need at least one value")
-    if arr.dtype.kind not in "biuf":  # strings, None, or a mixed list (object dtype)
-        items = arr.tolist() if isinstance(values, np.ndarray) else values
-        for i, v in enumerate(items):
-            if not isinstance(v, numbers.Real):
-                raise _not_a_number(name, i, v)
+    if arr.dtype.kind not in "biuf":  # strings, None, huge ints, or a mixed list (object dtype)
+        _check_items(name, arr.tolist() if isinstance(values, np.ndarray) else values)
     arr = arr.astype(np.float64, copy=False)
-    nan = np.isnan(arr)
-    if nan.any():
-        raise ValueError(f"drift: {name} contains NaN at index {int(np.flatnonzero(nan)[0])}; "
-                         "drop or impute missing values first")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise _bad_value(name, i, float(arr[i]))
     return arr
 
 
@@ -85,15 +119,13 @@ def _as_sorted_list(values: Any, name: str) -> list[float]:
     values = list(values)
     if not values:
         raise ValueError(f"drift: {name} is empty; both samples need at least one value")
-    if not set(map(type, values)) <= {float, int}:  # the common case is checked in one pass
-        for i, v in enumerate(values):
-            if not isinstance(v, numbers.Real):
-                raise _not_a_number(name, i, v)
-    out = list(map(float, values))
-    if any(f != f for f in out):
-        i = next(i for i, f in enumerate(out) if f != f)
-        raise ValueError(f"drift: {name} contains NaN at index {i}; drop or impute "
-                         "missing values first")
+    try:
+        out = list(map(float, values)) if set(map(type, values)) <= {float, int} else None
+    except OverflowError:
+        out = None
+    if out is None or not all(map(math.isfinite, out)):
+        _check_items(name, values)
+        out = list(map(float, values))
     out.sort()
     return out
 
@@ -128,9 +160,12 @@ def psi(reference: Any, current: Any, bins: int = DEFAULT_BINS, *,
         ref = np.sort(_as_array(np, reference, "reference"))
         cur = np.sort(_as_array(np, current, "current"))
         edges = np.unique(np.quantile(ref, qs))
+        top = ref[-1:] if edges[-1] == ref[-1] else ref[:0]  # split off x > max: see above
         # bin i holds edges[i-1] <= x < edges[i]: counts from positions in the sorted samples
-        ref_pos = np.concatenate(([0], np.searchsorted(ref, edges, side="left"), [ref.size]))
-        cur_pos = np.concatenate(([0], np.searchsorted(cur, edges, side="left"), [cur.size]))
+        ref_pos = np.concatenate(([0], np.searchsorted(ref, edges, side="left"),
+                                  np.searchsorted(ref, top, side="right"), [ref.size]))
+        cur_pos = np.concatenate(([0], np.searchsorted(cur, edges, side="left"),
+                                  np.searchsorted(cur, top, side="right"), [cur.size]))
         pr = np.diff(ref_pos) / ref.size
         pc = np.diff(cur_pos) / cur.size
         pr = np.where(pr == 0, EMPTY_SHARE, pr)
@@ -139,8 +174,11 @@ def psi(reference: Any, current: Any, bins: int = DEFAULT_BINS, *,
     ref_l = _as_sorted_list(reference, "reference")
     cur_l = _as_sorted_list(current, "current")
     edges = sorted(set(_quantile(ref_l, q) for q in qs))
-    ref_pos = [0, *(bisect.bisect_left(ref_l, e) for e in edges), len(ref_l)]
-    cur_pos = [0, *(bisect.bisect_left(cur_l, e) for e in edges), len(cur_l)]
+    top = [ref_l[-1]] if edges[-1] == ref_l[-1] else []  # split off x > max: see above
+    ref_pos = [0, *(bisect.bisect_left(ref_l, e) for e in edges),
+               *(bisect.bisect_right(ref_l, t) for t in top), len(ref_l)]
+    cur_pos = [0, *(bisect.bisect_left(cur_l, e) for e in edges),
+               *(bisect.bisect_right(cur_l, t) for t in top), len(cur_l)]
     return _psi_from_counts([b - a for a, b in zip(ref_pos, ref_pos[1:])],
                             [b - a for a, b in zip(cur_pos, cur_pos[1:])],
                             len(ref_l), len(cur_l))

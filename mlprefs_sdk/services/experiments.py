@@ -35,6 +35,7 @@ from ._experiment_values import (
     InvalidExperimentError,
     InvalidOutcomeError,
 )
+from . import _lifecycle
 from .stats import Moments, compare, srm_test
 
 __all__ = ["Experiments", *PUBLIC]
@@ -64,7 +65,9 @@ class Experiments:
         self._client = client
         self._store = client._store
         self._live: dict[str, Live] = {}
-        self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing)
+        self._data = client.data  # the effective privacy policy; starts the retention schedule
+        self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing,
+                                   self._data.erasures_since)
 
     # -- definition ----------------------------------------------------------------
     def create(self, name: str, control: Any, treatment: Any, metric: str = "conversion", *,
@@ -132,8 +135,11 @@ class Experiments:
             self._buffer.added()
         return arm
 
-    def record(self, name: str, unit_id: str | int, value: Any, at: float | None = None) -> None:
-        """Buffer one outcome (assigning the unit first if needed); see flush()."""
+    def record(self, name: str, unit_id: str | int, value: Any, at: float | None = None, *,
+               durable: bool = False) -> None:
+        """Buffer one outcome (assigning the unit first if needed); see flush(). Buffered rows
+        survive SIGTERM, SIGINT and exit; durable=True writes them before returning, so not
+        even a SIGKILL right after can lose this one."""
         if not self._client.get(AB_KEY):
             self._require_enabled()
         live = self._live.get(name) or self._load(name)
@@ -143,8 +149,13 @@ class Experiments:
         when = now if at is None else _time(at)
         arm = live.known.get(unit) or self._assign_new(live, unit, now)
         buffer = self._buffer
-        buffer.outcomes.append((live, unit, arm, value, when))
-        buffer.added()
+        buffer.outcomes.append((live, unit, arm, value, when, now))
+        if durable:
+            buffer.flush()
+        else:
+            buffer.added()
+        if _lifecycle.pending:  # a signal came while this thread was writing: handle it now
+            _lifecycle.write_ended()
 
     def record_many(self, name: str, rows: Iterable[Sequence[Any]]) -> int:
         """Outcomes as (unit_id, value) or (unit_id, value, at); all checked before any is kept."""
@@ -162,7 +173,7 @@ class Experiments:
                 raise type(e)(f"row {i}: {e}; nothing was recorded") from None
         for unit, value, at in checked:
             arm = live.known.get(unit) or self._assign_new(live, unit, now)
-            self._buffer.outcomes.append((live, unit, arm, value, at))
+            self._buffer.outcomes.append((live, unit, arm, value, at, now))
             self._buffer.added()
         return len(checked)
 
@@ -267,8 +278,8 @@ class Experiments:
                                        "ml.features.experiment_tracking = true)")
 
     def _anonymizing(self) -> bool:
-        get = self._client.get
-        return bool(get("ml.data.anonymization_enabled") or get("ml.data.privacy_mode") == "strict")
+        """The effective policy's: on under strict and moderate whatever the key says."""
+        return self._data.policy.anonymization_enabled
 
     def _arm_ref(self, which: str, ref: Any) -> str:
         uri = getattr(ref, "uri", ref)

@@ -1,8 +1,11 @@
 """prefs.feedback: what users said about predictions, only where the data policy allows it.
 
 A record is stored only when ml.feedback.user_feedback_enabled is on, the subject has not
-opted out and, when consent is required, has consented. A refused record is counted (per
-model version and reason, without the subject) so the gap is visible, and never stored.
+opted out and, when consent is required, has consented. Consent is read inside the insert's
+own write transaction, and a record begun before an erasure of its subject is refused
+("erased"): an erase, revocation or opt-out committed by another process can never be
+followed by a row it should have stopped. A refused record is counted (per model version and
+reason, without the subject) so the gap is visible, and never stored.
 The subject is stored as the id prefs.data.stored_id gives: its pseudonym while anonymisation
 is on.
 """
@@ -23,7 +26,7 @@ __all__ = ["Feedback", "FeedbackStats", "RetrainSignal", "REFUSALS"]
 
 log = logging.getLogger(__name__)
 
-REFUSALS = ("disabled", "no_consent", "opted_out")
+REFUSALS = ("disabled", "no_consent", "opted_out", "erased")
 
 
 @attrs.frozen
@@ -84,9 +87,12 @@ class Feedback:
         except (TypeError, ValueError) as e:
             raise TypeError(f"feedback.record: prediction and actual must be JSON values "
                             f"(numbers, strings, lists, ...): {e}") from None
-        reason = self._refusal(subject)
         now = time.time()
+        reason = self._disabled(subject)
+        stored_id = self._data.stored_id(subject) if reason is None else None
         with self._store.transaction() as db:
+            if reason is None:
+                reason = self._data.refusal(db, subject, now)
             if reason is not None:
                 db.execute("INSERT INTO feedback_refused (model, version, reason, n) "
                            "VALUES (?, ?, ?, 1) ON CONFLICT (model, version, reason) "
@@ -94,23 +100,18 @@ class Feedback:
             else:
                 db.execute("INSERT INTO feedback (subject, model, version, prediction, actual, "
                            "correct, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (self._data.stored_id(subject), model, version, pred_text,
+                           (stored_id, model, version, pred_text,
                             actual_text, int(prediction == actual), now))
         if reason is not None:
             log.debug("mlprefs: feedback for %s %s not stored (%s)", model, version, reason)
         return reason is None
 
-    def _refusal(self, subject: str) -> str | None:
+    def _disabled(self, subject: str) -> str | None:
         if not self._client.get("ml.feedback.user_feedback_enabled"):
             if not isinstance(subject, str):
                 raise TypeError("feedback.record needs the subject id as a str, got "
                                 f"{type(subject).__name__}")
             return "disabled"
-        status = self._data.status(subject)
-        if status.opted_out:
-            return "opted_out"
-        if not status.may_train:
-            return "no_consent"
         return None
 
     # -- accuracy -------------------------------------------------------------------

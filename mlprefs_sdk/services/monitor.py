@@ -1,8 +1,11 @@
 """prefs.monitor: accuracy and latency samples, drift, resource use, and alerts about them.
 
 record() is on the serving path, so it only appends to a buffer; samples reach the store in
-batches (every BATCH samples, at least every MAX_AGE seconds while recording, and at check(),
-flush(), close() and interpreter exit). check() turns the stored windows into alerts; an alert
+batches: every BATCH samples, once the oldest is MAX_AGE seconds old (a timer thread writes
+them even when no further sample comes), and at check(), flush(), close(), on SIGTERM and
+SIGINT, and at interpreter exit (_lifecycle.py). A SIGKILL can lose the samples of the last
+MAX_AGE + TICK seconds at most (and never more than BATCH); record(..., durable=True) writes
+the sample before it returns. check() turns the stored windows into alerts; an alert
 is stored and fired once when its condition starts, and resolved when the condition ends.
 """
 
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import _lifecycle
 from .drift import DriftResult, detect
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 2000
 MAX_AGE = 1.0
+TICK = 0.25  # the timer thread looks at the buffer's age this often
 WINDOW = 100
 
 
@@ -144,18 +149,23 @@ class Monitor:
         self._client = client
         self._store = client._store
         self._buf: list[tuple[str, str, float | None, float | None, float]] = []
-        self._lock = threading.Lock()
+        self._lock = _lifecycle.OwnedLock()  # the buffer (appends and swaps)
+        self._flush_lock = _lifecycle.OwnedLock()  # one write at a time, swap to commit
         self._oldest = 0.0
         self._pid = os.getpid()
         self._cpu = CpuMeter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._atexit = functools.partial(_flush_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
+        _lifecycle.register(self)  # flushed on SIGTERM / SIGINT; fork-safe
         client.data  # first use of a data service starts the retention schedule
 
     # -- recording ------------------------------------------------------------------
     def record(self, model: str, version: str, accuracy: float | None = None,
-               latency_ms: float | None = None) -> None:
-        """Buffer one sample; a metric whose *_tracking key is off is dropped."""
+               latency_ms: float | None = None, *, durable: bool = False) -> None:
+        """Buffer one sample; a metric whose *_tracking key is off is dropped. Buffered samples
+        survive SIGTERM, SIGINT and exit; durable=True writes before returning (SIGKILL-safe)."""
         get = self._client.get
         if accuracy is not None:
             accuracy = (_check_number("accuracy", accuracy, 0.0, 1.0)
@@ -174,17 +184,61 @@ class Monitor:
         now = time.time()
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent writes what it buffered
-                self._buf, self._pid = [], os.getpid()
+                self._buf, self._pid, self._thread = [], os.getpid(), None
             buf = self._buf
             if not buf:
                 self._oldest = now
             buf.append((model, version, accuracy, latency_ms, now))
-            due = len(buf) >= BATCH or now - self._oldest >= MAX_AGE
+            due = durable or len(buf) >= BATCH or now - self._oldest >= MAX_AGE
+        _lifecycle.write_ended()
         if due:
             self.flush()
+        elif self._thread is None:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self._timer,
+                                            args=(weakref.ref(self), self._stop),
+                                            name="mlprefs-monitor-flush", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _timer(ref: weakref.ref[Monitor], stop: threading.Event) -> None:
+        """Write samples once the oldest is MAX_AGE old, even if no further sample comes;
+        holds the monitor only weakly, so a dropped monitor ends the thread."""
+        while True:
+            monitor = ref()
+            if monitor is None or not monitor.flush_due():
+                return
+            del monitor
+            if stop.wait(TICK):
+                return
+
+    def flush_due(self) -> bool:
+        """For the timer: write the buffer if its oldest sample is MAX_AGE old. False once
+        the monitor is closed, or in a forked child (the timer is the parent's)."""
+        if self._stop.is_set() or self._pid != os.getpid():
+            return False
+        if self._buf and time.time() - self._oldest >= MAX_AGE:
+            try:
+                self.flush()
+            except Exception:  # the samples stay buffered; the next tick retries
+                log.exception("mlprefs: monitoring samples could not be written yet; they "
+                              "stay buffered and are retried in %.2fs", TICK)
+        return True
 
     def flush(self) -> int:
         """Write the buffered samples now; returns how many."""
+        try:
+            with self._flush_lock:
+                return self._flush()
+        finally:
+            _lifecycle.write_ended()
+
+    def _flush(self) -> int:
         with self._lock:
             batch, self._buf = self._buf, []
         if not batch:
@@ -337,4 +391,40 @@ class Monitor:
 
     def close(self) -> None:
         atexit.unregister(self._atexit)
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread() \
+                and self._pid == os.getpid():
+            thread.join()
         self.flush()
+
+    # -- _lifecycle.Buffered ----------------------------------------------------------
+    def flush_now(self) -> bool:
+        """Flush unless a write or an append is in progress (False): a signal handler must
+        never wait on a lock the thread it interrupted may hold."""
+        if not _lifecycle.take_in_handler(self._flush_lock):
+            return False
+        try:
+            if not _lifecycle.take_in_handler(self._lock):
+                return False
+            self._lock.release()
+            if _lifecycle.store_mid_write(self._store):
+                return False
+            self._flush()
+        finally:
+            self._flush_lock.release()
+        return True
+
+    def wait_idle(self) -> None:
+        with self._flush_lock, self._lock:
+            pass
+        self._store.query("SELECT 1")  # waits for a write this thread's store has open
+
+    def fork_locks(self) -> list[_lifecycle.OwnedLock]:
+        return [self._flush_lock, self._lock]
+
+    def after_fork_in_child(self, renew: bool) -> None:
+        """The parent writes what it buffered; the child starts empty, without the timer."""
+        self._buf, self._pid, self._thread = [], os.getpid(), None
+        if renew:
+            self._lock, self._flush_lock = _lifecycle.OwnedLock(), _lifecycle.OwnedLock()

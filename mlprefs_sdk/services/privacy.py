@@ -1,7 +1,7 @@
 """The data policy made real: consent, pseudonyms, retention, erasure, export, sharing, audit.
 
 `prefs.data` reads the `ml.data.*` keys live. While anonymisation is on (always under strict
-privacy) a subject id is turned into its keyed pseudonym before anything touches the store,
+and moderate privacy: only permissive mode may turn it off) a subject id is turned into its keyed pseudonym before anything touches the store,
 so consent rows, feedback, experiment units and the audit log never hold the raw id.
 """
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MODE_MINIMUMS: dict[str, dict[str, bool]] = {
     "strict": {"user_consent_required": True, "anonymization_enabled": True,
                "sharing_allowed": False, "opt_out_enabled": True},
-    "moderate": {"opt_out_enabled": True},
+    "moderate": {"anonymization_enabled": True, "opt_out_enabled": True},
     "permissive": {},
 }
 
@@ -205,6 +205,30 @@ class DataPrivacy:
 
         return TrainableView(self, self._client.store, dataset, subject_of)
 
+    # -- checks inside another service's write transaction -----------------------------
+    def refusal(self, db: Any, subject: str, since: float) -> str | None:
+        """Why a record of `subject` begun at `since` must not be stored: "erased", "opted_out"
+        or "no_consent" (None: store it). Read through `db`, the caller's open write
+        transaction, so an erasure, revocation or opt-out committed by any process before
+        that transaction is seen, and none can commit between this check and the insert."""
+        pseudonym, raw = self._ids(_check_subject(subject, "refusal"))
+        if db.execute("SELECT 1 FROM data_audit WHERE subject = ? AND action = 'erase' "
+                      "AND at >= ? LIMIT 1", (pseudonym, since)).fetchone():
+            return "erased"
+        row = db.execute("SELECT 1, consented, opted_out, updated_at FROM consent WHERE subject "
+                         "IN (?, ?) ORDER BY updated_at DESC LIMIT 1", (pseudonym, raw)).fetchone()
+        status = self._status(pseudonym, tuple(row) if row is not None else None)
+        if status.opted_out:
+            return "opted_out"
+        return None if status.may_train else "no_consent"
+
+    def erasures_since(self, db: Any, since: float) -> dict[str, float]:
+        """Pseudonym -> time of its latest erasure at or after `since`, read through the
+        caller's write transaction: buffered rows recorded before such a time are dropped."""
+        return {subject: at for subject, at in db.execute(
+            "SELECT subject, MAX(at) FROM data_audit WHERE action = 'erase' AND at >= ? "
+            "AND subject IS NOT NULL GROUP BY subject", (since,)).fetchall()}
+
     # -- retention ------------------------------------------------------------------------
     def cleanup(self, now: float | None = None) -> dict[str, int]:
         """Delete every SDK-held record older than ml.data.retention_days; counts per table.
@@ -220,12 +244,14 @@ class DataPrivacy:
         claimed its slot before starting)."""
         now = time.time() if now is None else now
         before = now - self.policy.retention_seconds
-        counts = {table: delete_expired(self._store, table, column, before, stop)
+        gate = self._auto.gate  # held around each write, so no fork lands inside one
+        counts = {table: delete_expired(self._store, table, column, before, stop, gate=gate)
                   for table, column in DATED_COLUMNS.items()}
         hook = self._client.plugin_manager.hook
-        _add_plugin_counts(counts, "mlprefs_cleanup",
-                           hook.mlprefs_cleanup(client=self._client, before=before))
-        with self._store.transaction() as db:
+        with gate:
+            _add_plugin_counts(counts, "mlprefs_cleanup",
+                               hook.mlprefs_cleanup(client=self._client, before=before))
+        with gate, self._store.transaction() as db:
             if record_run:
                 AutoCleanup.record_run(db, time.time())
             self._audit(db, "cleanup", None, {"before": before, "deleted": counts}, actor=actor)
@@ -243,15 +269,25 @@ class DataPrivacy:
         """Delete every row of the subject in every table (and plugins' stores); counts."""
         pseudonym, raw = self._ids(_check_subject(subject, "erase"))
         self._flush_services()
+        # One transaction deletes the rows and writes the erasure's audit entry, which is the
+        # marker other writers check (refusal, erasures_since): a record begun before it is
+        # never stored after it, in any process.
         with self._store.transaction() as db:
             counts = {table: db.execute(f"DELETE FROM {table} WHERE {column} IN (?, ?)",
                                         (pseudonym, raw)).rowcount
                       for table, column in SUBJECT_COLUMNS.items()}
+            at = time.time()
+            self._audit(db, "erase", pseudonym, {"deleted": counts}, at)
         hook = self._client.plugin_manager.hook
-        _add_plugin_counts(counts, "mlprefs_erase",
+        plugin_counts: dict[str, int] = {}
+        _add_plugin_counts(plugin_counts, "mlprefs_erase",
                            hook.mlprefs_erase(client=self._client, pseudonym=pseudonym))
-        with self._store.transaction() as db:
-            self._audit(db, "erase", pseudonym, {"deleted": counts})
+        if plugin_counts:
+            counts.update(plugin_counts)
+            with self._store.transaction() as db:
+                db.execute("UPDATE data_audit SET detail = ? WHERE action = 'erase' AND "
+                           "subject = ? AND at = ?",
+                           (json.dumps({"deleted": counts}, sort_keys=True), pseudonym, at))
         self._purge_wal()
         if not any(n for t, n in counts.items() if t != "data_audit"):
             warnings.warn(f"erase: no data was held for subject {pseudonym[:12]}... "

@@ -9,8 +9,9 @@ are the regularised incomplete beta and gamma functions, evaluated by the classi
 continued-fraction / series expansions (Numerical Recipes 6.2 and 6.4, modified Lentz) to a
 relative tolerance of 3e-16. Measured against scipy 1.17 over df from 1 to 10^6 the p-values
 agree to better than 1e-9 relative (tests/test_stats.py holds them to 1e-6). Above 10^7
-degrees of freedom the t distribution is replaced by the normal, an absolute error below
-1e-8 at any t.
+degrees of freedom the t distribution is replaced by the normal plus its first 1/df term
+(the Edgeworth / Cornish-Fisher correction phi(t)(t^3 + t)/(4 df)): measured against scipy,
+an absolute error below 1e-14 at any t (the bare normal would be off by 1.6e-8 at df = 1e7).
 
 Sample sizes for a target power use the usual normal approximation (e.g. 63 per arm, not
 the exact t-based 64, to detect half a standard deviation at alpha 0.05 and 80% power).
@@ -153,11 +154,17 @@ def t_sf(t: float, df: float) -> float:
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
     if df > T_AS_NORMAL_DF:
-        return 0.5 * math.erfc(t / math.sqrt(2.0))
+        return _t_sf_large_df(t, df)
     if t < 0:
         return 1.0 - t_sf(-t, df)
     t2 = t * t
     return 0.5 * _betainc(df / 2.0, 0.5, df / (df + t2), t2 / (df + t2))
+
+
+def _t_sf_large_df(t: float, df: float) -> float:
+    """The normal tail plus the 1/df term of the t's expansion; the next term is O(1/df^2)."""
+    phi = math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+    return 0.5 * math.erfc(t / math.sqrt(2.0)) + phi * (t ** 3 + t) / (4.0 * df)
 
 
 def _t_pdf(t: float, df: float) -> float:
@@ -174,9 +181,9 @@ def t_ppf(q: float, df: float) -> float:
     if q < 0.5:
         return -t_ppf(1.0 - q, df)
     z = _NORMAL.inv_cdf(q)
+    x = z + (z ** 3 + z) / (4 * df)  # Cornish-Fisher: the start, and the answer for huge df
     if df > T_AS_NORMAL_DF:
-        return z
-    x = z + (z ** 3 + z) / (4 * df)  # Cornish-Fisher start
+        return x
     lo, hi = 0.0, max(2 * x, 1.0)
     while t_sf(hi, df) > 1.0 - q:
         lo, hi = hi, hi * 2

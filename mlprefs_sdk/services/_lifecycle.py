@@ -1,0 +1,259 @@
+"""Buffered service rows survive the process stopping, and a fork never inherits a held lock.
+
+Services that buffer rows (experiment outcomes, monitoring samples) `register()` here.
+
+Signals. The first registration made from the main thread installs handlers for SIGTERM and
+SIGINT, once per process (a forked child inherits them). On either signal every registered
+buffer is written, then the handler that was there before is called: a user's handler runs
+as it did; Python's SIGINT handler still raises KeyboardInterrupt; where the disposition was
+the default, it is restored and the signal sent again, so the process dies by the same signal
+with the same exit status as without the SDK. A signal that was ignored stays ignored (no
+handler is installed over SIG_IGN). A signal handler runs in the main thread between two
+bytecodes; if that thread was itself in the middle of writing (it holds a buffer's lock, or
+the store has a transaction open), writing from the handler could deadlock, so a helper
+thread waits for that write to end, writes the rest, and sends the signal again. A normal
+exit is covered by each buffer's atexit hook. SIGKILL cannot be caught: what it can lose is
+bounded by each buffer's flush interval (see docs/reliability-services.md).
+
+Fork. Before os.fork() every registered buffer's locks are taken (waiting up to FORK_WAIT_S
+for a write in progress), and released on both sides after it, so no service thread is inside
+a write at the moment of the fork and the child starts with free locks and empty buffers (the
+parent writes what it buffered). A lock still busy after FORK_WAIT_S is replaced in the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["OwnedLock", "Buffered", "register", "store_mid_write", "write_ended",
+           "take_in_handler", "pending", "FORK_WAIT_S", "HANDLER_WAIT_S", "SIGNALS"]
+
+log = logging.getLogger(__name__)
+
+FORK_WAIT_S = 2.0
+HANDLER_WAIT_S = 0.05  # a handler waits this long for another thread; then the helper waits
+SIGNALS = ("SIGTERM", "SIGINT")
+
+
+class OwnedLock:
+    """A non-reentrant lock that knows which thread holds it (so a signal handler can tell
+    whether the thread it interrupted is the holder)."""
+
+    __slots__ = ("_lock", "owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self.owner = threading.get_ident()
+        return got
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    def __enter__(self) -> "OwnedLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def held_here(self) -> bool:
+        return self.owner == threading.get_ident()
+
+
+class Buffered(Protocol):
+    """What a registered buffer offers."""
+
+    def flush(self) -> int: ...
+
+    def flush_now(self) -> bool:
+        """Write now unless this thread is mid-write (then False: try again later)."""
+
+    def wait_idle(self) -> None:
+        """Return once no write of this buffer is in progress (blocking)."""
+
+    def fork_locks(self) -> list[OwnedLock]: ...
+
+    def after_fork_in_child(self, renew: bool) -> None:
+        """Empty the buffer, forget the parent's threads; renew=True: replace the locks."""
+
+
+_buffers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_previous: dict[int, Any] = {}
+_signals_installed = False
+_fork_hooks_installed = False
+_registry_lock = threading.Lock()
+_held: list[OwnedLock] = []
+_missed: list[Any] = []
+
+
+def register(buffer: Any) -> None:
+    """Cover `buffer` on SIGTERM, SIGINT and fork (installing the hooks on first use)."""
+    global _fork_hooks_installed
+    with _registry_lock:
+        _buffers.add(buffer)
+        if not _fork_hooks_installed and hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                                after_in_child=_after_fork_in_child)
+            _fork_hooks_installed = True
+    _install_signal_handlers()
+
+
+def signal_handlers_installed() -> bool:
+    return _signals_installed
+
+
+def store_mid_write(store: Any) -> bool:
+    """True while the store's connection has a write open (SQLite tells; others: False), in
+    which case a signal handler must not start another on the same connection."""
+    conn = getattr(store, "conn", None)
+    return bool(getattr(conn, "in_transaction", False))
+
+
+# -- signals --------------------------------------------------------------------------------
+def _install_signal_handlers() -> None:
+    """Once per process, from the main thread only (signal.signal works nowhere else)."""
+    global _signals_installed
+    if _signals_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _signals_installed = True
+    for name in SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN or previous is None:  # ignored, or set outside Python
+            continue
+        _previous[signum] = previous
+        signal.signal(signum, _on_signal)
+
+
+# Signals whose handling waits for a write in progress. Whoever removes one from the set
+# (set.remove is atomic) finishes it: the main thread when its own write ends (write_ended),
+# or the helper thread once no write is in progress (by sending the signal again).
+pending: set[int] = set()
+_in_handler = threading.Lock()  # held by the main thread while it runs _on_signal
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if not _in_handler.acquire(blocking=False):  # a signal inside our own handler: merge it
+        pending.add(signum)
+        return
+    try:
+        if not _flush_all_now():
+            _defer(signum)
+            return
+    finally:
+        _in_handler.release()
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # The default disposition: die by this signal, exactly as the process would have.
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    signal.signal(signum, _on_signal)  # only reached if the signal is blocked
+
+
+def take_in_handler(lock: OwnedLock) -> bool:
+    """Acquire `lock` from a signal handler without deadlocking: False when the interrupted
+    thread holds it (or another thread kept it past HANDLER_WAIT_S)."""
+    if lock.acquire(blocking=False):
+        return True
+    if lock.owner == threading.get_ident():
+        return False
+    return lock.acquire(timeout=HANDLER_WAIT_S)
+
+
+def _flush_all_now() -> bool:
+    done = True
+    for buffer in list(_buffers):
+        try:
+            if not buffer.flush_now():
+                done = False
+        except Exception:  # the signal must still take effect: report what was not written
+            log.exception("mlprefs: buffered rows could not be written on a signal")
+    return done
+
+
+def _defer(signum: int) -> None:
+    """A write is in progress: finish the signal when it ends, never by waiting here."""
+    if signum in pending:
+        return
+    pending.add(signum)
+
+    def finish() -> None:
+        for buffer in list(_buffers):
+            try:
+                buffer.wait_idle()  # the write in progress, wherever it is, ends
+            except Exception:
+                log.exception("mlprefs: waiting for a write to end on a signal failed")
+        with _in_handler:  # never re-signal while the main thread is inside our handler
+            try:
+                pending.remove(signum)
+            except KeyError:
+                return  # the main thread finished it first
+            os.kill(os.getpid(), signum)  # the handler runs again, now unblocked
+
+    threading.Thread(target=finish, name="mlprefs-signal-flush", daemon=True).start()
+
+
+def write_ended() -> None:
+    """Buffers call this after releasing their locks: a signal that arrived during the write
+    is handled now, in the main thread, without a round trip through the helper."""
+    if not pending or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in list(pending):
+        try:
+            pending.remove(signum)
+        except KeyError:
+            continue
+        _on_signal(signum, None)
+
+
+# -- fork -----------------------------------------------------------------------------------
+def _before_fork() -> None:
+    _registry_lock.acquire()
+    for buffer in list(_buffers):
+        for lock in buffer.fork_locks():
+            if lock.held_here():
+                continue
+            if lock.acquire(timeout=FORK_WAIT_S):
+                _held.append(lock)
+            else:
+                _missed.append(buffer)
+
+
+def _release_held() -> None:
+    for lock in reversed(_held):
+        lock.release()
+    _held.clear()
+
+
+def _after_fork_in_parent() -> None:
+    _release_held()
+    _missed.clear()
+    _registry_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _release_held()
+    missed = set(map(id, _missed))
+    _missed.clear()
+    if missed:
+        log.warning("mlprefs: forked while a service was writing for over %.1f s; the child "
+                    "gets fresh locks", FORK_WAIT_S)
+    for buffer in list(_buffers):
+        buffer.after_fork_in_child(renew=id(buffer) in missed)
+    _registry_lock = threading.Lock()

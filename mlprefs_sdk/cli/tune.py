@@ -11,7 +11,9 @@ from typing import Any
 
 from ..values import format_value
 
-__all__ = ["register"]
+__all__ = ["EXAMPLES", "register"]
+
+EXAMPLES = {"tune": "mlprefs tune --trials 20 --apply -- python train.py"}
 
 
 def register(sub: Any) -> None:  # argparse sub-parsers
@@ -26,7 +28,8 @@ def register(sub: Any) -> None:  # argparse sub-parsers
                    help="stop starting trials after this long (default ml.tuning.timeout_minutes)")
     p.add_argument("--seed", type=int, help="sampler seed, for reproducible studies")
     p.add_argument("--apply", action="store_true", help="store the best values in project scope")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                   help="the training command to run per trial, after --")
     p.set_defaults(func=cmd_tune)
 
 

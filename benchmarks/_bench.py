@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["best_of", "fresh_client", "isolate", "print_table"]
 

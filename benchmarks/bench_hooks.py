@@ -17,7 +17,7 @@ import tempfile
 import time
 import timeit
 
-from mlprefs_sdk import Client, ChangeSet
+from mlprefs_sdk import ChangeSet, Client
 from mlprefs_sdk.values import Change, Source
 
 REPEATS = 7

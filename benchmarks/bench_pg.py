@@ -26,8 +26,9 @@ import tempfile
 import time
 import timeit
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlprefs_sdk import Client
 

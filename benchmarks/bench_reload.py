@@ -31,8 +31,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlprefs_sdk import Client
 from mlprefs_sdk._statpoll import DEBOUNCE_MS, GRACE_S, QUIET_S, STEP_MS

@@ -22,7 +22,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import _bench
 from _bench import best_of
@@ -42,7 +43,7 @@ def bench_record(root: str, n: int) -> list[tuple]:
     record = prefs.monitor.record
 
     def sdk() -> None:
-        for i in range(n):
+        for _i in range(n):
             record("churn", "3", accuracy=0.9, latency_ms=12.5)
         prefs.monitor.flush()
 
@@ -50,7 +51,7 @@ def bench_record(root: str, n: int) -> list[tuple]:
 
     def floor() -> None:
         buf.clear()
-        for i in range(n):
+        for _i in range(n):
             buf.append(("churn", "3", 0.9, 12.5, time.time()))
 
     t_sdk, t_floor = best_of(sdk, 3), best_of(floor, 3)

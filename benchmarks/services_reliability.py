@@ -23,10 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _bench import isolate  # noqa: E402
-
 import test_erase_race as race  # noqa: E402
 import test_signals as sig  # noqa: E402
+from _bench import isolate  # noqa: E402
 
 
 def fresh_home(root: Path, name: str) -> Path:

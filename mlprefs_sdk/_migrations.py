@@ -7,7 +7,8 @@ column types) so the PostgreSQL backend can run the same statements.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["MIGRATIONS"]
 

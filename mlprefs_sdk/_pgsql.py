@@ -17,7 +17,8 @@ psycopg is imported by the caller (pgstore), never here, so this module is cheap
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .errors import StoreError
 

@@ -25,7 +25,8 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["path_lines", "deepest_line"]
 

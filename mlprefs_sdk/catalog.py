@@ -8,7 +8,8 @@ import math
 import numbers
 import os
 import re
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import attrs
 
@@ -140,7 +141,7 @@ class KeySpec:
         access: str = "user",
         sensitive: bool = False,
         line: int | None = None,
-    ) -> "KeySpec":
+    ) -> KeySpec:
         """Validate a key definition itself (name, type, default within its own rules)."""
         if not KEY_PATTERN.match(key):
             raise ValueError(
@@ -202,12 +203,12 @@ class Catalog:
         self._index: _Index | None = None  # built by the first suggest() on a large catalog
 
     @classmethod
-    def packaged(cls) -> "Catalog":
+    def packaged(cls) -> Catalog:
         path, text = _packaged_defaults()
         return cls.from_toml(text, path)
 
     @classmethod
-    def from_toml(cls, text: str, path: str) -> "Catalog":
+    def from_toml(cls, text: str, path: str) -> Catalog:
         import tomllib
 
         from .tomlfile import key_lines
@@ -221,7 +222,7 @@ class Catalog:
                                        line=lines.get(key), **table))
         return cls(specs, path)
 
-    def copy(self) -> "Catalog":
+    def copy(self) -> Catalog:
         new = Catalog((), self.path)
         new._specs = dict(self._specs)
         return new

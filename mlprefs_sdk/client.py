@@ -7,7 +7,8 @@ import functools
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -293,7 +294,7 @@ class Client:
         return self._set_many({key: entry.new}, scope, reason)[0]
 
     @contextlib.contextmanager
-    def override(self, values: Mapping[str, Any], detail: str | None = None) -> Iterator["Client"]:
+    def override(self, values: Mapping[str, Any], detail: str | None = None) -> Iterator[Client]:
         """Runtime values for the block (validated first); the previous view returns on exit.
 
         `detail` says where they come from in explain() (e.g. "optuna trial 3 of study s").
@@ -473,7 +474,7 @@ class Client:
             log.warning("mlprefs: %s", line)
 
     # -- lifecycle ----------------------------------------------------------------
-    def watch(self) -> "Client":
+    def watch(self) -> Client:
         """Start hot reload; returns once the watcher is armed (docs/hot-reload.md)."""
         from .watch import Watcher
 
@@ -505,7 +506,7 @@ class Client:
                 close()
         self._store.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -544,7 +545,7 @@ class Client:
                     self._pm = make_plugin_manager(self.register)
         return self._pm
 
-    def tune(self, train: Callable[["Client"], float | None], space: Mapping[str, Any] | None = None,
+    def tune(self, train: Callable[[Client], float | None], space: Mapping[str, Any] | None = None,
              n_trials: int | None = None, timeout_s: float | None = None, study: str | None = None,
              *, seed: int | None = None) -> Any:
         """Optuna over the [tune.space] keys; each trial calls train(self) with the trial's

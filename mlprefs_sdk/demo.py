@@ -15,8 +15,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import attrs
 
@@ -192,7 +193,7 @@ def run_demo(out: str | os.PathLike[str] = "mlprefs-demo", epochs: int = 60, man
         epoch = -1
         try:
             for epoch in range(epochs):
-                for at, key, value, why in [e for e in edits if e[0] == epoch]:
+                for _at, key, value, why in [e for e in edits if e[0] == epoch]:
                     _edit(config, key, value, why, prefs, progress)
                 order = rng.permutation(split)
                 for step, start in enumerate(range(0, split, batch)):

@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -45,7 +46,7 @@ SYNC_STEPS = "ml.training.distributed_sync_steps"
 OTHER_RANK = "a stop was requested on another rank"
 
 
-def join_ranks(hooks: Any, distributed: Any) -> "RankSync | None":
+def join_ranks(hooks: Any, distributed: Any) -> RankSync | None:
     """The run's synchroniser, or None when this process applies its own changes.
 
     distributed: "auto" (the default process group, when one with more than one rank is

@@ -7,7 +7,8 @@ import logging
 import re
 import threading
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .values import ChangeSet
 
@@ -24,7 +25,7 @@ class Subscription:
     __slots__ = ("pattern", "callback", "deliver", "_match", "_dispatcher", "active")
 
     def __init__(self, pattern: str, callback: Callable[[ChangeSet], Any], deliver: str,
-                 dispatcher: "Dispatcher") -> None:
+                 dispatcher: Dispatcher) -> None:
         if deliver not in DELIVERY:
             raise ValueError(f"deliver must be 'immediate' or 'deferred', not {deliver!r}")
         if not callable(callback):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC
+from typing import Any
 
 import attrs
 
@@ -12,8 +14,8 @@ from .catalog import Catalog, KeySpec
 from .errors import ConfigFileError
 from .values import LAYERS, Problem, Source
 
-__all__ = ["store_layer", "template_layer", "Entry", "Layer", "defaults_layer", "default_entry", "file_layer", "policy_layers",
-           "env_layer", "mapping_layer", "ENV_PREFIX"]
+__all__ = ["store_layer", "template_layer", "Entry", "Layer", "defaults_layer", "default_entry", "file_layer",
+           "policy_layers", "env_layer", "mapping_layer", "ENV_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,11 @@ def mapping_layer(name: str, values: Mapping[str, Any] | Iterable[tuple[str, Any
 
 def store_layer(scope: str, scope_id: str, rows: Mapping[str, tuple[Any, float, str]]) -> Layer:
     """A store scope's rows; each source says who set the value and when."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     entries = {}
     for key, (value, at, actor) in rows.items():
-        when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         entries[key] = Entry(value, Source(scope, detail=f"{scope} {scope_id!r}, set {when} by {actor}"))
     return Layer(scope, entries)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Mapping
+from collections.abc import Mapping
 
 import attrs
 

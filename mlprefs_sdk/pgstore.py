@@ -26,7 +26,8 @@ import re
 import threading
 import time
 import zlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql

@@ -19,7 +19,8 @@ import re
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from ._migrations import MIGRATIONS
@@ -132,7 +133,7 @@ class SQLiteStore:
             self._writer_version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError as e:
             self._close_all(conn, reader)
-            raise _open_error(path, e)
+            raise _open_error(path, e) from e
         except sqlite3.DatabaseError as e:
             self._close_all(conn, reader)
             if getattr(e, "sqlite_errorcode", 0) & 0xFF == SQLITE_CORRUPT or "malformed" in str(e):
@@ -150,7 +151,7 @@ class SQLiteStore:
             return sqlite3.connect(path, timeout=self.timeout, isolation_level=None,
                                    check_same_thread=False)
         except sqlite3.Error as e:
-            raise _open_error(path, e)
+            raise _open_error(path, e) from e
 
     @staticmethod
     def _close_all(*conns: sqlite3.Connection | None) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .catalog import InvalidValue
 from .errors import ValidationError
@@ -49,7 +50,7 @@ BUILTIN_TEMPLATES: dict[str, dict[str, Any]] = {
 class Templates:
     """prefs.templates: list, show, save and apply templates."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
 
     def _all(self) -> dict[str, dict[str, Any]]:
@@ -80,7 +81,7 @@ class Templates:
             raise ValidationError(problems)
         self._client._store.save_template(name, typed, self._client.user)
 
-    def apply(self, name: str, scope: str | None = None) -> list["HistoryEntry"]:
+    def apply(self, name: str, scope: str | None = None) -> list[HistoryEntry]:
         """Write the template's values into a store scope (project when set, else user)."""
         values = self.show(name)
         scope = scope or ("project" if self._client.project else "user")

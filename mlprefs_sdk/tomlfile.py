@@ -14,7 +14,8 @@ import os
 import re
 import stat
 import tomllib
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .distributed import join_ranks
 from .errors import MlprefsError, StoreError

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -186,7 +187,7 @@ class Problem:
     def for_value(
         cls, key: str, value: Any, source: Source | None, reason: str, rule: str,
         severity: str = "error",
-    ) -> "Problem":
+    ) -> Problem:
         where = f" in {source}" if source is not None else ""
         msg = f"{key} = {format_value(value)}{where} {reason}"
         return cls(key, value, msg, source, rule, severity)

@@ -39,9 +39,19 @@ from typing import Any
 import attrs
 
 from . import _inotify
+from ._statpoll import (
+    GRACE_S,
+    TICK_S,
+    NativeEvents,
+    StatPoll,
+    StoreProbe,
+    Tracked,
+    existing_ancestor,
+    remote_filesystem,
+    settle_wait,
+    signature,
+)
 from ._watchfork import FORK_WAIT_S, client_locks, keep_forever, register, renew_locks, unregister
-from ._statpoll import (GRACE_S, TICK_S, NativeEvents, StatPoll, StoreProbe, Tracked,
-                        existing_ancestor, remote_filesystem, settle_wait, signature)
 from .errors import MlprefsError
 from .values import show_path
 

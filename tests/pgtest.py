@@ -15,8 +15,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -40,7 +40,7 @@ def in_schema(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
-def admin() -> "psycopg.Connection":  # noqa: F821 (psycopg is imported lazily)
+def admin() -> psycopg.Connection:  # noqa: F821 (psycopg is imported lazily)
     import psycopg
 
     return psycopg.connect(require_server(), autocommit=True)

@@ -423,7 +423,7 @@ def test_the_examples_in_the_help_parse(home):
     from mlprefs_sdk.cli import build_parser
 
     parser = build_parser()
-    for verb, p in _every_verb_help():
+    for _verb, p in _every_verb_help():
         example = p.epilog.splitlines()[-1].split(">")[0]  # no shell redirection
         parser.parse_args(shlex.split(example)[1:])  # a usage error raises
 

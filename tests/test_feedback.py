@@ -84,7 +84,7 @@ def test_retrain_needed_after_a_drop_from_the_first_window(home):
     signals = []
     with Client(overrides=small_window(10)) as prefs:
         prefs.on_retrain(signals.append)
-        for i in range(10):
+        for _ in range(10):
             prefs.feedback.record("u", "churn", "1", 1, 1)  # first window: accuracy 1.0
         assert not prefs.feedback.retrain_needed("churn")
         for i in range(10):

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Self
+from typing import Self
 
 import pytest
+from _watch_helpers import TIMEOUT_S, Recorder, lr_toml, save_atomic, toml, wait_for  # noqa: F401
 
-from _watch_helpers import (TIMEOUT_S, Recorder, lr_toml, save_atomic, toml,  # noqa: F401
-                            wait_for)
 from mlprefs_sdk import Client
 
 LR = "ml.training.learning_rate"
@@ -213,7 +213,7 @@ def test_multiprocessing_fork_pool_workers_use_the_client_while_it_reloads(home,
         _POOL_PREFS = prefs
         try:
             ctx = multiprocessing.get_context("fork")
-            for round_ in range(4):
+            for _ in range(4):
                 time.sleep(random.uniform(0.0, 0.03))
                 with ctx.Pool(2) as pool:
                     result = pool.map_async(_pool_task, range(4))
@@ -250,7 +250,7 @@ def test_dataloader_fork_workers_read_and_reload_while_the_parent_watches(home, 
 
     with Client(watch=True) as prefs, EditStream(toml):
         prefs.on_change("ml.*", busy_callback)
-        for epoch in range(3):
+        for _epoch in range(3):
             time.sleep(random.uniform(0.0, 0.03))
             loader = DataLoader(Prefs(prefs), batch_size=4, num_workers=2,
                                 multiprocessing_context="fork", timeout=TIMEOUT_S)

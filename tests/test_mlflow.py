@@ -68,7 +68,7 @@ def test_train_start_logs_every_key_as_a_param_with_its_source_as_a_tag(tracking
     assert data.params[LR] == "0.005"
     assert data.tags[f"mlprefs.source.{LR}"].endswith("mlprefs.toml:6")
     assert data.tags["mlprefs.source.ml.training.max_iterations"] == default_source
-    assert default_source.endswith(".toml:%d" % prefs.spec("ml.training.max_iterations").line)
+    assert default_source.endswith(f".toml:{prefs.spec('ml.training.max_iterations').line}")
     assert data.params["ml.data.sharing_allowed"] == "********"  # a sensitive key is masked
 
 

@@ -11,13 +11,21 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from _watch_helpers import Recorder
-from pgtest import (SERVER, Cable, fresh_store_url, in_schema, require_server, run_together,
-                    terminate, wait_until)
+from pgtest import (
+    SERVER,
+    Cable,
+    fresh_store_url,
+    in_schema,
+    require_server,
+    run_together,
+    terminate,
+    wait_until,
+)
 
 from mlprefs_sdk import Client, StoreError
 from mlprefs_sdk._pgsql import plain_number, translate

@@ -12,9 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
+from _watch_helpers import (  # noqa
+    Recorder,
+    backend,
+    lr_toml,
+    save_atomic,
+    save_in_place,
+    save_paused,
+    save_vim_backup,
+    toml,
+    wait_for,
+)
 
-from _watch_helpers import (Recorder, backend, lr_toml, save_atomic, save_in_place,  # noqa
-                            save_paused, save_vim_backup, toml, wait_for)
 from mlprefs_sdk import Client, ConfigFileError, ValidationError
 from mlprefs_sdk._statpoll import GRACE_S, QUIET_S, remote_filesystem
 

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from _watch_helpers import TIMEOUT_S, lr_toml, save_atomic, toml  # noqa: F401 (fixture)
 
 LR = "ml.training.learning_rate"

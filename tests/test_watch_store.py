@@ -6,9 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from _watch_helpers import Recorder, backend, wait_for  # noqa: F401 (fixture)
+
 from mlprefs_sdk import Client
 
 BATCH = "ml.performance.batch_size"

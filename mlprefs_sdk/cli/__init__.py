@@ -22,7 +22,8 @@ import os
 import pkgutil
 import sys
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ..errors import MlprefsError, StoreError
 

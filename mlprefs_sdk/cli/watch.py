@@ -8,8 +8,9 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from ..errors import MlprefsError
 from ..values import ChangeSet, format_value, show_path
@@ -38,7 +39,7 @@ def cmd_watch(ctx: Any) -> int:
             ctx.out.flush()
 
     def on_change(changes: ChangeSet) -> None:
-        at, edit = datetime.now(timezone.utc), next(edits)
+        at, edit = datetime.now(UTC), next(edits)
         for c in changes:
             out({"event": "change", "time": _iso(at), "edit": edit, "key": c.key, "old": c.old,
                  "new": c.new, "source": _source(c.source)},
@@ -46,7 +47,7 @@ def cmd_watch(ctx: Any) -> int:
                 f"({c.source})")
 
     def on_error(err: MlprefsError) -> None:
-        at, edit = datetime.now(timezone.utc), next(edits)
+        at, edit = datetime.now(UTC), next(edits)
         for p in getattr(err, "problems", None) or []:
             src = p.source
             where = (show_path(src.path) + (f":{src.line}" if src.line else "")
@@ -63,7 +64,7 @@ def cmd_watch(ctx: Any) -> int:
     client.watch()
     watcher = client._watcher
     shown = [show_path(p) for p in watcher.paths]
-    out({"event": "watching", "time": _iso(datetime.now(timezone.utc)),
+    out({"event": "watching", "time": _iso(datetime.now(UTC)),
          "backend": watcher.backend, "paths": watcher.paths},
         f"watching {len(shown)} files ({watcher.backend} events); Ctrl-C to stop:\n  "
         + "\n  ".join(shown))

@@ -7,7 +7,8 @@ weight decay a plain attribute, so both reach the optimizer through ``hooks.add_
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._require import require
 

@@ -19,7 +19,8 @@ import sqlite3
 import subprocess
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
 from ..plugins.tuning import ENV, TrialPlugin

@@ -19,7 +19,8 @@ TrainingHooks: run_id, stop_reason, iteration) is its `mlprefs_run_` attribute.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import MlprefsError
 from ._require import require

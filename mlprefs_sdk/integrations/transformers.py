@@ -11,7 +11,8 @@ gradients before each optimizer step, as if ``hooks.l1_penalty(model)`` were in 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._require import require
 

@@ -13,7 +13,8 @@ the best round, and `best_iteration` / `best_score` are set like XGBoost's early
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._require import require
 
@@ -42,7 +43,7 @@ class MlprefsCallback(xgb.callback.TrainingCallback):
     def stop_reason(self) -> str | None:
         return None if self.hooks is None else self.hooks.stop_reason
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "MlprefsCallback":
+    def __deepcopy__(self, memo: dict[int, Any]) -> MlprefsCallback:
         """XGBoost's sklearn API may copy callbacks: a copy shares the client, not the run."""
         return type(self)(self.prefs, run_id=self.run_id)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import MlprefsError
 from ..hookspecs import hookimpl

@@ -13,7 +13,8 @@ decay (biases, LayerNorm) stay at 0.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..hookspecs import hookimpl
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..hookspecs import hookimpl
 from ..services.curves import ENABLED, write_points

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from ..hookspecs import hookimpl
 

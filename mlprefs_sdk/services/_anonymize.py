@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = ["anonymize_record", "scrub"]
 

@@ -35,7 +35,8 @@ import collections
 import logging
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import MlprefsError
 from . import _lifecycle

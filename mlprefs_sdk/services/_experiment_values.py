@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
 from ..errors import MlprefsError
-from ._assignment import InvalidUnitError
 
 PUBLIC = ("Experiment", "ArmSummary", "Analysis", "Conclusion", "ExperimentNotFoundError",
           "ExperimentExistsError", "InvalidExperimentError", "InvalidUnitError",
@@ -71,7 +71,7 @@ class Experiment:
     concluded_by: str | None
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "Experiment":
+    def from_row(cls, row: Sequence[Any]) -> Experiment:
         values = list(row)
         values[4], values[10] = bool(values[4]), bool(values[10])
         return cls(*values)

@@ -60,7 +60,7 @@ class OwnedLock:
         self.owner = None
         self._lock.release()
 
-    def __enter__(self) -> "OwnedLock":
+    def __enter__(self) -> OwnedLock:
         self.acquire()
         return self
 
@@ -88,7 +88,7 @@ class Buffered(Protocol):
         """Empty the buffer, forget the parent's threads; renew=True: replace the locks."""
 
 
-_buffers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_buffers: weakref.WeakSet[Any] = weakref.WeakSet()
 _previous: dict[int, Any] = {}
 _signals_installed = False
 _fork_hooks_installed = False

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 
@@ -57,7 +58,7 @@ class NoQualifyingModelError(MlprefsError, LookupError):
 class ModelLoadError(MlprefsError, RuntimeError):
     """load() tried every candidate and each failed; `failures` lists (version, exception)."""
 
-    def __init__(self, name: str, failures: list[tuple["ModelVersion", BaseException]],
+    def __init__(self, name: str, failures: list[tuple[ModelVersion, BaseException]],
                  reason: str | None = None) -> None:
         self.name, self.failures = name, list(failures)
         lines = [f"{mv.uri}: {type(e).__name__}: {e}" for mv, e in self.failures]
@@ -87,7 +88,7 @@ class ModelVersion:
         return f"models:/{self.name}/{self.version}"
 
     @classmethod
-    def from_row(cls, row: tuple) -> "ModelVersion":
+    def from_row(cls, row: tuple) -> ModelVersion:
         name, version, framework, status, metrics, config, tags, uri, desc, at, by = row
         return cls(name, version, framework, status, MappingProxyType(json.loads(metrics)),
                    MappingProxyType(json.loads(config)), MappingProxyType(json.loads(tags)),

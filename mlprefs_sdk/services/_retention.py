@@ -12,8 +12,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import _lifecycle
 

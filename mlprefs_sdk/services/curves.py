@@ -11,7 +11,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import MlprefsError
 from ..runs import run_changes

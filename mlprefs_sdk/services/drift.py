@@ -23,7 +23,8 @@ import functools
 import importlib.util
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 

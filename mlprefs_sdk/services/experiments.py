@@ -13,10 +13,12 @@ import json
 import logging
 import math
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..catalog import InvalidValue
 from ..errors import FeatureDisabledError
+from . import _lifecycle
 from ._assignment import HASH_SCALE, KNOWN_UNITS_MAX, InvalidUnitError, Live, WriteBuffer, unit_text
 from ._experiment_values import (
     CONTROL_WINS,
@@ -35,7 +37,6 @@ from ._experiment_values import (
     InvalidExperimentError,
     InvalidOutcomeError,
 )
-from . import _lifecycle
 from .stats import Moments, compare, srm_test
 
 __all__ = ["Experiments", *PUBLIC]

@@ -71,7 +71,7 @@ def _version(version: Any) -> str:
 class Feedback:
     """prefs.feedback: user feedback on predictions, its accuracy, and when to retrain."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._store = client._store
         self._data = client.data  # consent and pseudonyms; also starts the retention schedule

@@ -132,7 +132,7 @@ def _check_number(name: str, value: Any, lo: float, hi: float) -> float:
     return float(value)
 
 
-def _flush_at_exit(ref: "weakref.ref[Monitor]") -> None:
+def _flush_at_exit(ref: weakref.ref[Monitor]) -> None:
     monitor = ref()
     if monitor is not None:
         try:
@@ -145,7 +145,7 @@ def _flush_at_exit(ref: "weakref.ref[Monitor]") -> None:
 class Monitor:
     """prefs.monitor: record serving metrics, check them against the preferences, raise alerts."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._store = client._store
         self._buf: list[tuple[str, str, float | None, float | None, float]] = []

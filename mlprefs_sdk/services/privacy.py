@@ -1,8 +1,9 @@
 """The data policy made real: consent, pseudonyms, retention, erasure, export, sharing, audit.
 
 `prefs.data` reads the `ml.data.*` keys live. While anonymisation is on (always under strict
-and moderate privacy: only permissive mode may turn it off) a subject id is turned into its keyed pseudonym before anything touches the store,
-so consent rows, feedback, experiment units and the audit log never hold the raw id.
+and moderate privacy: only permissive mode may turn it off) a subject id is turned into its
+keyed pseudonym before anything touches the store, so consent rows, feedback, experiment
+units and the audit log never hold the raw id.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import json
 import logging
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..errors import PolicyError
 from ._anonymize import anonymize_record
-from ._retention import (DATED_COLUMNS, DAY, SUBJECT_COLUMNS, AutoCleanup, delete_expired,
-                         subject_rows)
+from ._retention import DATED_COLUMNS, DAY, SUBJECT_COLUMNS, AutoCleanup, delete_expired, subject_rows
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -55,7 +56,7 @@ class DataPolicy:
     implied: tuple[str, ...] = ()
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "DataPolicy":
+    def from_values(cls, values: Mapping[str, Any]) -> DataPolicy:
         fields = {f.name: values[f"ml.data.{f.name}"] for f in attrs.fields(cls)
                   if f.name != "implied"}
         implied = []
@@ -106,7 +107,7 @@ def _check_subject(subject: Any, what: str) -> str:
 class DataPrivacy:
     """prefs.data: consent, pseudonymisation, retention, erasure, export, sharing, audit."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._store = client._store
         self._policy: tuple[Any, DataPolicy] | None = None

@@ -12,9 +12,11 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from ._model_values import (
+    PUBLIC,
     DuplicateVersionError,
     InvalidModelError,
     ModelLoadError,
@@ -23,7 +25,6 @@ from ._model_values import (
     ModelVersion,
     Move,
     NoQualifyingModelError,
-    PUBLIC,
     UpdateCheck,
     checked_metrics,
     checked_tags,
@@ -393,7 +394,7 @@ class ModelRegistry:
         rows = self._store.query(sql + (" WHERE name = ?" if name else "") + " ORDER BY name, id",
                                  (name,) if name else ())
         excluded = {}
-        for model, version, status, accuracy, latency, memory in rows:
+        for model, version, status, accuracy, _latency, _memory in rows:
             if status == "deprecated":
                 why = "deprecated"
             elif accuracy is None:

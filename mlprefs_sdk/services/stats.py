@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
-from typing import Sequence
 
 import attrs
 
@@ -59,7 +59,7 @@ class Moments:
     variance: float
 
     @classmethod
-    def from_sums(cls, n: int, total: float, squares: float, shift: float = 0.0) -> "Moments":
+    def from_sums(cls, n: int, total: float, squares: float, shift: float = 0.0) -> Moments:
         """From n, sum(x - shift) and sum((x - shift)^2); a shift near the mean keeps precision."""
         if n == 0:
             return cls(0, 0.0, 0.0)
@@ -68,7 +68,7 @@ class Moments:
         return cls(n, mean_shifted + shift, variance)
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Moments":
+    def of(cls, values: Sequence[float]) -> Moments:
         shift = values[0] if values else 0.0
         return cls.from_sums(len(values), math.fsum(v - shift for v in values),
                              math.fsum((v - shift) ** 2 for v in values), shift)

@@ -5,7 +5,8 @@ lock (or the store's, or the dispatcher's) at that moment, the child would wait 
 forever. So, once any watcher has started, fork() first takes those locks for every live
 watcher of this process (waiting up to FORK_WAIT_S for a reload in progress), and both
 sides release them after. A lock the watcher keeps longer (a slow immediate callback) is
-replaced by a fresh one in the child. The child's watchers are stopped and kept forever:
+replaced by a fresh one in the child. Which locks those are is the Client's to say
+(Client.fork_locks, Client.renew_fork_locks). The child's watchers are stopped and kept forever:
 watchfiles' notifier must never be dropped there (its thread and locks are the parent's).
 """
 
@@ -13,12 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["FORK_WAIT_S", "Forkable", "client_locks", "keep_forever", "register", "renew_locks",
-           "unregister"]
+__all__ = ["FORK_WAIT_S", "Forkable", "keep_forever", "register", "unregister"]
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +57,6 @@ def unregister(watcher: Forkable) -> None:
 def keep_forever(watcher: Forkable) -> None:
     """In a child: never collect this stopped watcher (see the module docstring)."""
     _orphans.append(watcher)
-
-
-def client_locks(client: Any) -> list[Any]:
-    """The locks a watcher thread takes: the client's, its store's and its dispatcher's."""
-    locks = [client._lock, getattr(client.store, "_lock", None),
-             getattr(client._events, "_lock", None)]
-    return [lock for lock in locks if lock is not None]
-
-
-def renew_locks(client: Any) -> None:
-    """In a child: fresh locks for the ones a thread that does not exist here still holds."""
-    log.warning("mlprefs: forked while the watcher was busy for over %.2f s; the child gets "
-                "fresh locks", FORK_WAIT_S)
-    client._lock = threading.RLock()
-    store = client.store
-    if hasattr(store, "_lock"):
-        store._lock = threading.RLock()
-    if hasattr(client._events, "_lock"):
-        client._events._lock = threading.Lock()
 
 
 def _before() -> None:

@@ -17,8 +17,9 @@ from ._log import ensure_visible
 from .catalog import Catalog, InvalidValue, KeySpec
 from .errors import ConfigFileError, LockedKeyError, MlprefsError, UnknownKeyError, ValidationError
 from .events import Dispatcher, Subscription
-from .locations import Locations, find_project_file, locate
+from .locations import Locations, locate
 from .resolve import View, add_key, resolve
+from .sources import SCOPES, Sources
 from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .services.monitor import Monitor
     from .services.privacy import DataPrivacy
     from .services.registry import ModelRegistry
+    from .events import Dispatcher as _Events
     from .store import Store
     from .templates import Templates
     from .training import TrainingHooks
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MISSING: Any = object()
-SCOPES = ("user", "project")
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,28 +77,22 @@ class Client:
         self._catalog = _packaged_catalog().copy()
         self._events = Dispatcher()
         self._lock = threading.RLock()  # serialises rebuilds; get() never takes it
-        self._override_stack: list[tuple[Mapping[str, Any], str]] = []  # (values, source detail)
-        self._rank_layers: tuple[L.Layer, ...] = ()  # rank 0's values on other ranks (distributed.py)
-        self._overrides = dict(overrides or {})
-        self._files = tuple(os.path.abspath(os.fspath(f)) for f in files)
-        self._use_env = env
         self._watcher: Any = None
         self._closed = False
         self._sections: dict[str, Any] = {}
-        self._services: dict[str, Any] = {}
-        self._defaults: tuple[Catalog | None, L.Layer | None] = (None, None)
-
-        self._discover_from = os.getcwd() if discover else None
-        self.project_file: tuple[str, str | None] | None = None
+        self._services: dict[type, Any] = {}
         from .store import open_store  # sqlite3 and json load with the first Client
 
         self._store: Store = open_store(self.locations.store)
-        self._slots: dict[str, tuple[L.Layer, ...]] = {}
+        self.sources = Sources(self.locations, self._store, self.user, files=files,
+                               discover=discover, env=env, overrides=overrides)
+        self._slots: dict[str, tuple[L.Layer, ...]] = {}  # the layers the view was resolved from
         try:
-            project_layer = self._read_project_file()
+            project_layer = self.sources.read_project_file()
             meta = project_layer.meta
-            self.project = project or os.environ.get("MLPREFS_PROJECT") or meta.get("name") or None
-            self.template = template or meta.get("template") or None
+            self.sources.project = (project or os.environ.get("MLPREFS_PROJECT") or meta.get("name")
+                                    or None)
+            self.sources.template = template or meta.get("template") or None
             self._slots["project-file"] = (project_layer,)
             self._slots.update(self._read_slots(s for s in LAYERS if s != "project-file"))
             view, problems = self._resolve()
@@ -198,13 +193,31 @@ class Client:
         return self._catalog
 
     @property
+    def view(self) -> View:
+        """The resolved view in place now (immutable: values, sources, flags, locked keys)."""
+        return self._view
+
+    @property
+    def project(self) -> str | None:
+        return self.sources.project
+
+    @property
+    def template(self) -> str | None:
+        return self.sources.template
+
+    @property
+    def project_file(self) -> tuple[str, str | None] | None:
+        """(path, table) of the project file in use, or None (discovery runs on every read)."""
+        return self.sources.project_file
+
+    @property
     def warnings(self) -> tuple[Problem, ...]:
         return self._view.warnings
 
     # -- writing ------------------------------------------------------------------
     def set(self, key: str, value: Any, scope: str = "user", reason: str | None = None) -> HistoryEntry:
         """Validate (key, type, range, cross-key rules), then write store and history at once."""
-        entries = self._set_many({key: value}, scope, reason)
+        entries = self.set_many({key: value}, scope, reason)
         return entries[0] if entries else self.history(key, limit=1)[0]
 
     def unset(self, key: str, scope: str = "user", reason: str | None = None) -> HistoryEntry | None:
@@ -212,10 +225,12 @@ class Client:
         entries = self._write(scope, [(key, UNSET)], reason)
         return entries[0] if entries else None
 
-    def _set_many(self, values: Mapping[str, Any], scope: str, reason: str | None = None,
-                  from_string: bool = False) -> list[HistoryEntry]:
+    def set_many(self, values: Mapping[str, Any], scope: str = "user", reason: str | None = None,
+                 from_string: bool = False) -> list[HistoryEntry]:
+        """Several keys in one write and one validation; from_string: parse "0.1", "true"...
+        as the CLI and files give them. Returns the history entries of what changed."""
         self._check_writable(values.items())
-        scope_id = self._scope_id(scope)
+        scope_id = self.sources.scope_id(scope)
         source = Source(scope, detail=f"{scope} {scope_id!r}")
         typed, problems = [], []
         for key, value in values.items():
@@ -252,7 +267,7 @@ class Client:
         commit is done, the store scopes are read again under the client lock and swapped in.
         """
         self._check_writable(changes)
-        scope_id = self._scope_id(scope)
+        scope_id = self.sources.scope_id(scope)
 
         def check() -> None:
             _, problems = self._resolve(self._read_slots(SCOPES))
@@ -260,18 +275,10 @@ class Client:
                 raise _error(problems)
 
         entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
-        self._refresh(SCOPES, origin="a set() by this client")
+        self.refresh(SCOPES, origin="a set() by this client")
         return entries
 
-    def _scope_id(self, scope: str) -> str:
-        if scope == "user":
-            return self.user
-        if scope == "project":
-            if not self.project:
-                raise MlprefsError("scope 'project' needs a project: pass Client(project=...), "
-                                   "set MLPREFS_PROJECT, or name it in mlprefs.toml [project]")
-            return self.project
-        raise ValueError(f"scope must be 'user' or 'project', not {scope!r}")
+    _set_many = set_many  # the name it had before it was public
 
     def history(self, key: str | None = None, limit: int = 100, scope: str | None = None) -> list[HistoryEntry]:
         """Audit entries, newest first."""
@@ -284,14 +291,14 @@ class Client:
         if to is None:
             raise ValueError("rollback needs to=<history entry id>")
         entry = self._store.history_entry(int(to))
-        scope_id = self._scope_id(scope)
+        scope_id = self.sources.scope_id(scope)
         if entry is None or entry.key != key or entry.scope != scope or entry.scope_id != scope_id:
             raise MlprefsError(f"history entry #{to} is not a change of {key} in scope "
                                f"{scope} {scope_id!r}; see prefs.history({key!r})")
         reason = f"rollback to #{to}"
         if entry.new is None:
             return self.unset(key, scope=scope, reason=reason)
-        return self._set_many({key: entry.new}, scope, reason)[0]
+        return self.set_many({key: entry.new}, scope, reason)[0]
 
     @contextlib.contextmanager
     def override(self, values: Mapping[str, Any], detail: str | None = None) -> Iterator[Client]:
@@ -301,18 +308,18 @@ class Client:
         """
         frame = (dict(values), detail or "override")
         with self._lock:
-            self._override_stack.append(frame)
+            self.sources.push_override(frame)
             try:
-                self._refresh(("runtime",), origin="override", strict=True)
+                self.refresh(("runtime",), origin="override", strict=True)
             except MlprefsError:
-                self._override_stack.pop()
+                self.sources.drop_override(frame)
                 raise
         try:
             yield self
         finally:
             with self._lock:
-                self._override_stack = [f for f in self._override_stack if f is not frame]
-                self._refresh(("runtime",), origin="override")
+                self.sources.drop_override(frame)
+                self.refresh(("runtime",), origin="override")
 
     def register(self, key: str, type: type | str, default: Any, *, min: float | None = None,
                  max: float | None = None, choices: Iterable[Any] | None = None,
@@ -337,7 +344,7 @@ class Client:
                 raise _error(problems)
             self._catalog = catalog
             self._slots["defaults"] = (defaults,)
-            self._defaults = (catalog, defaults)
+            self.sources.set_defaults(catalog, defaults)
             self._swap(view, keys=(key,))
         return spec
 
@@ -357,66 +364,21 @@ class Client:
 
     def reload(self) -> ChangeSet:
         """Re-read every file and the store now; on a bad source keep the view and raise."""
-        return self._refresh(tuple(LAYERS), origin="reload", strict=True)
+        cs = self.refresh(tuple(LAYERS), origin="reload", strict=True)
+        assert cs is not None  # only accept= can veto a refresh
+        return cs
 
     # -- rebuilding the view ----------------------------------------------------
-    def _read_project_file(self) -> L.Layer:
-        """Discovery runs again on every read: a project file created, moved or deleted since
-        the Client started is seen by reload() and the watcher."""
-        if self._discover_from is not None:
-            self.project_file = find_project_file(self._discover_from)
-        if self.project_file is None:
-            return L.Layer("project-file", {})
-        path, section = self.project_file
-        return L.file_layer("project-file", path, section)
-
     def _read_slots(self, slots: Iterable[str]) -> dict[str, tuple[L.Layer, ...]]:
-        out = {}
-        for slot in slots:
-            if slot in ("org", "locked"):
-                if "org" not in out:  # one file holds both tables
-                    org, locked = L.policy_layers(self.locations.policy)
-                    out["org"], out["locked"] = (org,), (locked,)
-            else:
-                out[slot] = self._read_slot(slot)
-        return out
-
-    def _read_slot(self, slot: str) -> tuple[L.Layer, ...]:
-        if slot == "defaults":  # built once per catalog: 10,000 registered keys stay cheap
-            if self._defaults[0] is not self._catalog:
-                self._defaults = (self._catalog, L.defaults_layer(self._catalog))
-            return (self._defaults[1],)
-        if slot == "template":
-            if not self.template:
-                return (L.Layer("template", {}),)
-            return (L.template_layer(self.template, self._store.saved_templates()),)
-        if slot in SCOPES:
-            if slot == "project" and not self.project:
-                return (L.Layer("project", {}),)
-            scope_id = self._scope_id(slot)
-            return (L.store_layer(slot, scope_id, self._store.scope_values(slot, scope_id)),)
-        if slot == "user-file":
-            return (L.file_layer("user-file", self.locations.user_file),)
-        if slot == "project-file":
-            return (self._read_project_file(),)
-        if slot == "file":
-            return tuple(L.file_layer("file", f) for f in self._files)
-        if slot == "env":
-            return (L.env_layer() if self._use_env else L.Layer("env", {}),)
-        if slot == "runtime":
-            entries = dict(L.mapping_layer("runtime", self._overrides, detail="override").entries)
-            for values, detail in self._override_stack:
-                entries.update(L.mapping_layer("runtime", values, detail=detail).entries)
-            return (L.Layer("runtime", entries), *self._rank_layers)
-        raise AssertionError(slot)
+        return self.sources.read(slots, self._catalog)
 
     def _resolve(self, replace: Mapping[str, tuple[L.Layer, ...]] | None = None) -> tuple[View, list[Problem]]:
         slots = {**self._slots, **(replace or {})}
         layers = [layer for slot in LAYERS for layer in slots[slot]]
         return resolve(self._catalog, layers)
 
-    def _refresh(self, slots: Iterable[str], origin: str, strict: bool = False,
-                 accept: Callable[[bool], bool] | None = None) -> ChangeSet | None:
+    def refresh(self, slots: Iterable[str], origin: str, strict: bool = False,
+                accept: Callable[[bool], bool] | None = None) -> ChangeSet | None:
         """Re-read the named layers, resolve, and swap the view in if it is valid.
 
         A bad source never replaces the last good view: the error goes to on_error callbacks
@@ -438,6 +400,20 @@ class Client:
                 return ChangeSet(())
             self._slots.update(fresh)
             return self._swap(view)
+
+    def set_rank_layer(self, layer: L.Layer | None, origin: str) -> bool:
+        """Hold rank 0's values as an extra runtime layer (None: drop it); False when the
+        new layer was rejected (the error went to on_error) and the previous one stays."""
+        with self._lock:
+            previous = self.sources.rank_layers
+            if layer is None and not previous:
+                return True
+            self.sources.rank_layers = () if layer is None else (layer,)
+            self.refresh(("runtime",), origin=origin)
+            if layer is not None and not any(held is layer for held in self._slots["runtime"]):
+                self.sources.rank_layers = previous
+                return False
+            return True
 
     def _swap(self, view: View, keys: Iterable[str] | None = None) -> ChangeSet:
         """Install the view and announce what changed (only among `keys`, when given)."""
@@ -484,14 +460,36 @@ class Client:
                 self._watcher.start()
         return self
 
+    @property
+    def watcher(self) -> Any:
+        """The hot-reload Watcher (paths, backend, alive), or None before watch()."""
+        return self._watcher
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def watched_paths(self) -> list[str]:
         """Every TOML file behind a layer, existing or not (what the watcher follows)."""
-        paths = [self.locations.policy, self.locations.user_file, *self._files]
-        if self.project_file is not None:
-            paths.append(self.project_file[0])
-        elif self._discover_from is not None:  # where a new project file would be found
-            paths.append(os.path.join(self._discover_from, "mlprefs.toml"))
-        return paths
+        return self.sources.watched_paths()
+
+    # -- fork (the watcher holds these across os.fork(): see _watchfork) ---------------
+    def fork_locks(self) -> list[Any]:
+        """The locks a watcher thread takes: this client's, its store's and its dispatcher's."""
+        locks = [self._lock, getattr(self._store, "_lock", None), self._events.lock]
+        return [lock for lock in locks if lock is not None]
+
+    def renew_fork_locks(self) -> None:
+        """In a forked child: fresh locks for the ones a thread that is not there still holds."""
+        self._lock = threading.RLock()
+        if hasattr(self._store, "_lock"):
+            self._store._lock = threading.RLock()
+        self._events.renew_lock()
+
+    def forget_watcher(self, watcher: Any) -> None:
+        """In a forked child: the parent's watcher thread is not here; watch() starts a new one."""
+        if self._watcher is watcher:
+            self._watcher = None
 
     def close(self) -> None:
         if self._closed:
@@ -528,11 +526,21 @@ class Client:
     def store(self) -> Store:
         return self._store
 
+    @property
+    def events(self) -> _Events:
+        """This client's dispatcher: change subscriptions and named events (error, alert, ...)."""
+        return self._events
+
+    @property
+    def services(self) -> tuple[Any, ...]:
+        """The services attached so far (prefs.data, prefs.monitor, ...), in attachment order."""
+        return tuple(self._services.values())
+
     def _service(self, cls: type[T]) -> T:
         svc = self._services.get(cls)
         if svc is None:
-            svc = self._services[cls] = cls(self)
-        return svc
+            svc = self._services[cls] = cls(self)  # type: ignore[call-arg]
+        return svc  # type: ignore[no-any-return]
 
     @property
     def plugin_manager(self) -> Any:
@@ -600,11 +608,15 @@ class Client:
         return self._service(Experiments)
 
     @functools.cached_property
-    def _pseudonym(self) -> Callable[[str], str]:
+    def pseudonym(self) -> Callable[[str], str]:
         """subject -> keyed pseudonym; shared by every service that stores subject ids."""
         from .pseudonym import Pseudonymizer
 
         return Pseudonymizer(self.locations.secret)
+
+    @property
+    def _pseudonym(self) -> Callable[[str], str]:  # the name it had before it was public
+        return self.pseudonym
 
     def on_alert(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
         """Monitoring alerts (prefs.monitor.check())."""

@@ -155,14 +155,14 @@ class RankSync:
         hooks = self.hooks
         message = None
         if self.leader:
-            self._sent = hooks._view
+            self._sent = hooks.view
             message = {"snapshot": _snapshot(self._sent), "state": hooks.state,
                        "counters": [hooks.iteration, hooks.steps, hooks.checks, hooks.resumed]}
         received = self._exchange(message)
         if not self.leader:
             hooks.iteration, hooks.steps, hooks.checks, hooks.resumed = received["counters"]
             hooks.state = received["state"]
-            hooks._view = self._follow(received["snapshot"])
+            hooks.view = self._follow(received["snapshot"])
             self._drop_local()
         self.every = hooks.get(SYNC_STEPS)
 
@@ -193,12 +193,9 @@ class RankSync:
 
     def close(self) -> None:
         """The run is over: this rank's client goes back to its own values."""
-        client = self.hooks.client
-        if self.leader or not client._rank_layers:
-            return
-        with client._lock:
-            client._rank_layers = ()
-            client._refresh(("runtime",), origin="the end of distributed run " + self.hooks.run_id)
+        if not self.leader:
+            self.hooks.client.set_rank_layer(None, origin="the end of distributed run "
+                                             + self.hooks.run_id)
 
     # -- internals ------------------------------------------------------------------
     def _sync(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -209,9 +206,9 @@ class RankSync:
             view = self._sent if self.leader else self._follow(received["snapshot"])
             if not self.leader:
                 self._drop_local()
-            self.hooks._apply(batches, view)
+            self.hooks.apply_changes(batches, view)
             self.every = self.hooks.get(SYNC_STEPS)
-        elif not self.leader and self.hooks._pending:
+        elif not self.leader and self.hooks.changes_pending:
             self._drop_local()
         return received
 
@@ -219,10 +216,10 @@ class RankSync:
         """Rank 0's message: its pending ChangeSets with the view they lead to, plus `extra`."""
         hooks = self.hooks
         message = dict(extra or {})
-        if hooks._pending:
-            batches = hooks._drain()
+        if hooks.changes_pending:
+            batches = hooks.drain_changes()
             if batches:
-                self._sent = hooks.client._view
+                self._sent = hooks.client.view
                 message["changes"] = encode_changes(batches)
                 message["snapshot"] = _snapshot(self._sent)
         return message
@@ -254,7 +251,7 @@ class RankSync:
         sources = {key: Source(*src) for key, src in snapshot["sources"].items()}
         client = self.hooks.client
         self._hold(client, values, sources)
-        return attrs.evolve(client._view, values=MappingProxyType(values),
+        return attrs.evolve(client.view, values=MappingProxyType(values),
                             sources=MappingProxyType(sources), enabled=dict(snapshot["enabled"]))
 
     def _hold(self, client: Any, values: Mapping[str, Any], sources: Mapping[str, Source]) -> None:
@@ -262,23 +259,19 @@ class RankSync:
         catalog = client.catalog
         entries = {key: Entry(value, Source("runtime", detail=f"rank 0: {sources[key]}"))
                    for key, value in values.items() if key in catalog}
-        layer = Layer("runtime", entries)
-        with client._lock:
-            previous, client._rank_layers = client._rank_layers, (layer,)
-            client._refresh(("runtime",), origin="rank 0's preferences")
-            if not any(held is layer for held in client._slots["runtime"]):
-                client._rank_layers = previous  # rejected here (the error went to on_error)
-        mine = client._view.values
+        client.set_rank_layer(Layer("runtime", entries), origin="rank 0's preferences")
+        view = client.view  # rejected here (the error went to on_error): this rank's own values
+        mine = view.values
         for key, value in values.items():
             if key in catalog and mine.get(key) != value and key not in self._warned:
                 self._warned.add(key)
                 log.warning("mlprefs: run %s: rank 0 has %s = %r (%s) but this rank's client keeps "
                             "%r (%s); the training hooks use rank 0's value", self.hooks.run_id, key,
-                            value, sources[key], mine.get(key), client._view.sources.get(key))
+                            value, sources[key], mine.get(key), view.sources.get(key))
 
     def _drop_local(self) -> None:
         """This rank's own changes never reach its driver; its deferred callbacks still run."""
-        dropped = self.hooks._drain()
+        dropped = self.hooks.drain_changes()
         if dropped:
             log.debug("mlprefs: run %s: %d local change set(s) left to rank 0's values",
                       self.hooks.run_id, len(dropped))

@@ -22,7 +22,7 @@ DELIVERY = ("immediate", "deferred")
 class Subscription:
     """Handle returned by on_change(); cancel() stops delivery, including queued sets."""
 
-    __slots__ = ("pattern", "callback", "deliver", "_match", "_dispatcher", "active")
+    __slots__ = ("pattern", "callback", "deliver", "matches", "_dispatcher", "active")
 
     def __init__(self, pattern: str, callback: Callable[[ChangeSet], Any], deliver: str,
                  dispatcher: Dispatcher) -> None:
@@ -31,13 +31,13 @@ class Subscription:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         self.pattern, self.callback, self.deliver = pattern, callback, deliver
-        self._match = re.compile(fnmatch.translate(pattern)).match
+        self.matches = re.compile(fnmatch.translate(pattern)).match  # key -> match or None
         self._dispatcher = dispatcher
         self.active = True
 
     def cancel(self) -> None:
         self.active = False
-        self._dispatcher._remove(self)
+        self._dispatcher.unsubscribe(self)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} {self.deliver}{'' if self.active else ' cancelled'}>"
@@ -59,7 +59,8 @@ class Dispatcher:
             self._subs = self._subs + (sub,)
         return sub
 
-    def _remove(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to `sub` (Subscription.cancel() calls this)."""
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
 
@@ -84,7 +85,7 @@ class Dispatcher:
         if not changes:
             return
         for sub in self._subs:
-            mine = tuple(c for c in changes.changes if sub._match(c.key))
+            mine = tuple(c for c in changes.changes if sub.matches(c.key))
             if not mine:
                 continue
             cs = changes if len(mine) == len(changes.changes) else ChangeSet(mine)
@@ -92,6 +93,21 @@ class Dispatcher:
                 _call(sub.callback, cs, sub.pattern)
             else:
                 self._pending.append((sub, cs))
+
+    @property
+    def pending(self) -> deque[tuple[Subscription, ChangeSet]]:
+        """The deferred queue itself (the same object for the dispatcher's life): truthy while
+        something waits for apply_pending(); the training driver tests it on every step."""
+        return self._pending
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Guards the subscriber and listener lists (held across fork(): see _watchfork)."""
+        return self._lock
+
+    def renew_lock(self) -> None:
+        """In a forked child whose parent thread held the lock: a fresh one."""
+        self._lock = threading.Lock()
 
     def apply_pending(self) -> int:
         """Deliver queued ChangeSets on the caller's thread, oldest first; returns how many."""

@@ -14,12 +14,15 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .distributed import join_ranks
 from .errors import MlprefsError, StoreError
 from .runs import RunChange, load_run, save_run, write_changes
 from .values import ChangeSet
+
+if TYPE_CHECKING:
+    from .resolve import View
 
 __all__ = ["TrainingHooks", "MetricNotFoundError", "NEXT_RUN_KEYS"]
 
@@ -80,13 +83,13 @@ class TrainingHooks:
         self.resumed = False
         self._pm = client.plugin_manager
         self._hook = self._pm.hook
-        self._pending = client._events._pending  # the dispatcher's deferred queue
+        self._pending = client.events.pending  # the dispatcher's deferred queue
         self._queued: list[ChangeSet] = []
         self._sub: Any = None
         self._step_hook: Any = None
         self._slow = False  # on_step_end has more to do than deliver: a step plugin, staged writes
         self._started = self._ended = False
-        self._view = client._view
+        self.view: View = client.view  # what get() and enabled() read: the last step boundary's
         self._pinned: dict[str, Any] = {}
         self._staged: list[Callable[[Any], None]] = []
         self._staged_at = 0.0
@@ -100,19 +103,19 @@ class TrainingHooks:
         pinned = self._pinned.get(key, self)
         if pinned is not self:
             return pinned
-        return self._view.values[key] if key in self._view.values else self.client.get(key)
+        return self.view.values[key] if key in self.view.values else self.client.get(key)
 
     def enabled(self, key: str) -> bool:
         """A flag as of the last step boundary (ml.features.* need ml.global.enabled)."""
         try:
-            return self._view.enabled[key]
+            return self.view.enabled[key]
         except KeyError:
             return self.client.enabled(key)
 
     @property
     def flags(self) -> Mapping[str, bool]:
         """Every flag's effective value as of the last step boundary."""
-        return self._view.enabled
+        return self.view.enabled
 
     @property
     def privacy_spent(self) -> tuple[float, float] | None:
@@ -182,10 +185,10 @@ class TrainingHooks:
         self._started = True
         self.client.apply_pending()  # older edits are already in the view read below
         self._sub = self.client.on_change("*", self._queued.append, deliver="deferred")
-        self._view = self.client._view
+        self.view = self.client.view
         if self._ranks is not None:
             self._ranks.train_start()  # every rank takes rank 0's values and counters
-        self._pinned = {k: self._view.values[k] for k in NEXT_RUN_KEYS if k in self._view.values}
+        self._pinned = {k: self.view.values[k] for k in NEXT_RUN_KEYS if k in self.view.values}
         if self._hook.mlprefs_step_end.get_hookimpls():
             self._step_hook = self._hook.mlprefs_step_end
             self._slow = True
@@ -276,20 +279,25 @@ class TrainingHooks:
 
     def _deliver(self) -> None:
         """Deliver deferred ChangeSets (the user's and ours) at this step boundary."""
-        batches = self._drain()
+        batches = self.drain_changes()
         if batches:
-            self._apply(batches, self.client._view)
+            self.apply_changes(batches, self.client.view)
 
-    def _drain(self) -> list[ChangeSet]:
-        """The ChangeSets queued for this run; the user's deferred callbacks run too."""
+    @property
+    def changes_pending(self) -> bool:
+        """Some deferred ChangeSet waits for the next boundary (the rank sync asks this)."""
+        return bool(self._pending)
+
+    def drain_changes(self) -> list[ChangeSet]:
+        """The ChangeSets queued for this run, taken; the user's deferred callbacks run too."""
         self.client.apply_pending()
         batches = self._queued[:]
         self._queued.clear()  # the subscription appends to this very list
         return batches
 
-    def _apply(self, batches: list[ChangeSet], view: Any) -> None:
+    def apply_changes(self, batches: list[ChangeSet], view: View) -> None:
         """Record the ChangeSets and hand them to the plugins; `view` holds the values from now."""
-        self._view = view
+        self.view = view
         now = time.time()
         records = []
         for cs in batches:
@@ -342,7 +350,7 @@ class TrainingHooks:
     def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Bookkeeping must not kill a training run: a store failure is logged, not raised."""
         try:
-            return fn(self.client._store, *args)
+            return fn(self.client.store, *args)
         except StoreError:
             log.exception("mlprefs: run %s: could not %s in the store; training goes on, but "
                           "this run may not resume from here", self.run_id,

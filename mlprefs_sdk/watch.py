@@ -6,7 +6,7 @@ directories*, non-recursively. A watch on the file itself loses it at the first 
 `..data` symlink swaps. Every relevant event makes the thread stat the files it follows; a
 file whose signature changed is read once it has held still for the quiet period by this
 process's clock (see _statpoll), on a timer of its own, re-validated with every other layer
-and swapped in whole by Client._refresh, which tells the subscribers. MLPREFS_WATCH=poll, a
+and swapped in whole by Client.refresh, which tells the subscribers. MLPREFS_WATCH=poll, a
 network filesystem, or a platform without native events selects the stat loop instead.
 Nothing at a followed path is opened by the watcher itself: a FIFO, a directory or a symlink
 loop there is stat'ed, and the reader reports it as a ConfigFileError (the last good view
@@ -22,7 +22,10 @@ Client nobody references any more is collected and its watcher stops without clo
 Fork: a forked child (DataLoader workers, gunicorn preload) keeps its read-only snapshot and
 has no watcher thread; `watch()` in the child starts its own. The locks the watcher thread
 takes are held across fork() so the child never inherits one locked by a thread it lacks
-(see _watchfork).
+(see _watchfork; which locks, and what the child drops, is the Client's to say).
+
+The watcher reads through the Client's public surface only: `client.sources.groups()` says
+which files feed which layer slots, `client.refresh(slots, ...)` re-reads and swaps them in.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ import os
 import threading
 import time
 import weakref
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -51,9 +53,13 @@ from ._statpoll import (
     settle_wait,
     signature,
 )
-from ._watchfork import FORK_WAIT_S, client_locks, keep_forever, register, renew_locks, unregister
+from ._watchfork import FORK_WAIT_S, keep_forever, register, unregister
 from .errors import MlprefsError
+from .sources import STORE_SLOTS
 from .values import show_path
+
+if TYPE_CHECKING:
+    from .client import Client
 
 __all__ = ["Watcher", "choose_backend", "BACKENDS"]
 
@@ -64,7 +70,6 @@ SWEEP_S = 1.0        # native mode stats every file this often too, in case an e
 MAX_BACKOFF_S = 5.0  # between retries of a pass that keeps failing (store gone, ...)
 ARM_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 2.0
-STORE_SLOTS = ("template", "user", "project")
 
 
 def choose_backend(explicit: str | None = None) -> str:
@@ -89,7 +94,7 @@ class _Group:
 class Watcher:
     """Follows one Client's files and store; `alive` until stop() (or a fork, in the child)."""
 
-    def __init__(self, client: Any, backend: str | None = None) -> None:
+    def __init__(self, client: Client, backend: str | None = None) -> None:
         self._client = weakref.ref(client)  # never a strong one: see "Lifetime" above
         self._finalizer: weakref.finalize | None = None
         self.backend = choose_backend(backend)
@@ -98,7 +103,6 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._error: BaseException | None = None
-        self._discovery_dirs: list[str] = []
         self._tracked: dict[str, Tracked] = {}
         self._groups: list[_Group] = []
         self._source: Any = None
@@ -122,7 +126,7 @@ class Watcher:
     def start(self) -> None:
         """Start the thread; return once it is armed (an edit made afterwards is seen)."""
         client = self._client()
-        if client is None or getattr(client, "_closed", False):
+        if client is None or client.closed:
             raise MlprefsError("cannot watch a closed Client")
         # Collected without close(): stop the thread (it also notices on its next tick).
         self._finalizer = weakref.finalize(client, self._stop.set)
@@ -214,7 +218,7 @@ class Watcher:
             now = time.monotonic()
             events = sum(f.observe(now) for f in self._polled) > 0
         if store_moved():
-            client._refresh(STORE_SLOTS, origin="a store write by another process")
+            client.refresh(STORE_SLOTS, origin="a store write by another process")
         now = time.monotonic()
         if events or state.pending or now >= state.next_sweep:
             state.next_sweep = now + SWEEP_S
@@ -222,7 +226,7 @@ class Watcher:
             state.pending = state.deadline < math.inf
         return True
 
-    def _pass(self, client: Any, now: float) -> float:
+    def _pass(self, client: Client, now: float) -> float:
         """Stat every file, apply the groups that settled; return when to look again."""
         moved = False
         for f in self._tracked.values():
@@ -241,7 +245,7 @@ class Watcher:
                 nxt = min(nxt, now + max(wait, 0.001))
         return nxt
 
-    def _apply(self, client: Any, group: _Group, report: bool) -> bool:
+    def _apply(self, client: Client, group: _Group, report: bool) -> bool:
         """Read, validate and swap in one group; False when it must be tried again later."""
         before = tuple(f.seen for f in group.files)
         verdict: dict[str, bool] = {}
@@ -253,7 +257,7 @@ class Watcher:
             return not verdict["raced"] and (valid or report)
 
         origin = "edit of " + ", ".join(show_path(f.path) for f in group.files if f.dirty)
-        changes = client._refresh(group.slots, origin=origin, accept=accept)
+        changes = client.refresh(group.slots, origin=origin, accept=accept)
         if changes is None:
             group.held = None if verdict.get("raced") else before
             return False
@@ -268,22 +272,10 @@ class Watcher:
         return True
 
     # -- what to follow --------------------------------------------------------------
-    def _regroup(self, client: Any, now: float) -> None:
-        loc = client.locations
-        plan: list[tuple[tuple[str, ...], list[str]]] = [
-            (("org", "locked"), [loc.policy]),
-            (("user-file",), [loc.user_file]),
-        ]
-        if client._files:
-            plan.append((("file",), list(client._files)))
-        if client._discover_from is not None:
-            plan.append((("project-file",), self._discovery_files(client,
-                                                                 client._discover_from)))
-        elif client.project_file is not None:
-            plan.append((("project-file",), [client.project_file[0]]))
-        self._project_file = client.project_file
+    def _regroup(self, client: Client, now: float) -> None:
+        """Follow the files client.sources says feed each slot (a file is tracked once)."""
         groups = []
-        for slots, paths in plan:
+        for slots, paths in client.sources.groups():
             files = []
             for path in dict.fromkeys(paths):
                 f = self._tracked.get(path)
@@ -292,31 +284,10 @@ class Watcher:
                     f.observe(now)
                 files.append(f)
             groups.append(_Group(slots, files))
+        self._project_file = client.project_file
         self._groups = groups
 
-    def _discovery_files(self, client: Any, start: str) -> list[str]:
-        """mlprefs.toml and pyproject.toml from the working directory up to the project file.
-
-        Creating a nearer mlprefs.toml, adding [tool.mlprefs] to the pyproject.toml, or
-        deleting the file in use changes which file is the project layer, as for a new Client.
-        The directories followed only ever grow, so a deleted project file can come back.
-        """
-        here = Path(start).resolve()
-        chain = [here, *here.parents]
-        current = client.project_file
-        stop_at: Path | None = Path(current[0]).parent if current else None
-        if stop_at is None or stop_at not in chain:
-            stop_at = next((d for d in chain if (d / "pyproject.toml").is_file()), here)
-        for d in chain[: chain.index(stop_at) + 1] if stop_at in chain else [here]:
-            if str(d) not in self._discovery_dirs:
-                self._discovery_dirs.append(str(d))
-        files = [os.path.join(d, name) for d in self._discovery_dirs
-                 for name in ("mlprefs.toml", "pyproject.toml")]
-        if current is not None and current[0] not in files:
-            files.append(current[0])
-        return files
-
-    def _watch_dirs(self, client: Any) -> list[str]:
+    def _watch_dirs(self, client: Client) -> list[str]:
         """Each file's directory (or its nearest existing ancestor), and its target's too.
 
         The store's own directory is left out: every commit writes there, and a watched
@@ -342,7 +313,7 @@ class Watcher:
         self._names = sorted(names)
         return sorted(dirs)
 
-    def _open_source(self, client: Any) -> Any:
+    def _open_source(self, client: Client) -> Any:
         if self.backend == "poll":
             return StatPoll()
         dirs = self._watch_dirs(client)
@@ -362,7 +333,7 @@ class Watcher:
             self.backend = "poll"
             return StatPoll()
 
-    def _retarget(self, client: Any) -> None:
+    def _retarget(self, client: Client) -> None:
         for attempt in (1, 2):  # a directory can vanish between listing and watching it
             try:
                 self._source.retarget(self._watch_dirs(client), self._names)
@@ -389,7 +360,7 @@ class Watcher:
         """Take the locks this thread uses, so the child never inherits them held."""
         client = self._client()
         self._held_locks = []
-        for lock in client_locks(client) if client is not None else ():
+        for lock in client.fork_locks() if client is not None else ():
             if lock.acquire(timeout=FORK_WAIT_S):
                 self._held_locks.append(lock)
 
@@ -398,12 +369,14 @@ class Watcher:
             lock.release()
         client = self._client()
         if child and client is not None and any(lock not in self._held_locks
-                                                for lock in client_locks(client)):
-            renew_locks(client)  # still held by the watcher thread, which is not here
+                                                for lock in client.fork_locks()):
+            log.warning("mlprefs: forked while the watcher was busy for over %.2f s; the child "
+                        "gets fresh locks", FORK_WAIT_S)
+            client.renew_fork_locks()  # still held by the watcher thread, which is not here
         if child:
             self._stop.set()
-            if client is not None and getattr(client, "_watcher", None) is self:
-                client._watcher = None
+            if client is not None:
+                client.forget_watcher(self)
             if isinstance(self._source, _inotify.Inotify):
                 self._source.close()  # a plain descriptor: closing the child's copy is safe
             keep_forever(self)

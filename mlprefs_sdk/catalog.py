@@ -223,9 +223,7 @@ class Catalog:
         return cls(specs, path)
 
     def copy(self) -> Catalog:
-        new = Catalog((), self.path)
-        new._specs = dict(self._specs)
-        return new
+        return Catalog(self._specs.values(), self.path)
 
     def register(self, spec: KeySpec) -> None:
         old = self._specs.get(spec.key)

@@ -23,13 +23,13 @@ from .sources import SCOPES, Sources
 from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry, Problem, Source
 
 if TYPE_CHECKING:
+    from .events import Dispatcher as _Events
     from .services.curves import Curves
     from .services.experiments import Experiments
     from .services.feedback import Feedback
     from .services.monitor import Monitor
     from .services.privacy import DataPrivacy
     from .services.registry import ModelRegistry
-    from .events import Dispatcher as _Events
     from .store import Store
     from .templates import Templates
     from .training import TrainingHooks

@@ -10,7 +10,7 @@ from .errors import ValidationError
 from .values import Problem, Source
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .handle import ClientHandle
     from .values import HistoryEntry
 
 __all__ = ["BUILTIN_TEMPLATES", "Templates"]
@@ -50,11 +50,11 @@ BUILTIN_TEMPLATES: dict[str, dict[str, Any]] = {
 class Templates:
     """prefs.templates: list, show, save and apply templates."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
 
     def _all(self) -> dict[str, dict[str, Any]]:
-        return {**BUILTIN_TEMPLATES, **self._client._store.saved_templates()}
+        return {**BUILTIN_TEMPLATES, **self._client.store.saved_templates()}
 
     def list(self) -> list[str]:
         return sorted(self._all())
@@ -69,7 +69,7 @@ class Templates:
         """Validate every value against its key, then store the template."""
         if name in BUILTIN_TEMPLATES:
             raise ValueError(f"{name!r} is a built-in template; save under another name")
-        catalog = self._client._catalog
+        catalog = self._client.catalog
         typed, problems = {}, []
         source = Source("template", detail=name)
         for key, value in values.items():
@@ -79,10 +79,10 @@ class Templates:
                 problems.append(Problem.for_value(key, e.value, source, e.reason, e.rule))
         if problems:
             raise ValidationError(problems)
-        self._client._store.save_template(name, typed, self._client.user)
+        self._client.store.save_template(name, typed, self._client.user)
 
     def apply(self, name: str, scope: str | None = None) -> list[HistoryEntry]:
         """Write the template's values into a store scope (project when set, else user)."""
         values = self.show(name)
         scope = scope or ("project" if self._client.project else "user")
-        return self._client._set_many(values, scope, reason=f"template {name}")
+        return self._client.set_many(values, scope, reason=f"template {name}")

@@ -23,9 +23,12 @@ import pkgutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError, StoreError
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = ["Context", "build_parser", "iter_verbs", "main"]
 
@@ -73,6 +76,10 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message} (see: {self.prog} --help)")
 
 
+# What a verb module's register() gets: argparse names no public type for add_subparsers()'s result.
+SubParsers = argparse._SubParsersAction
+
+
 class Context:
     """What a verb gets: parsed args, a lazily built Client, and one way to print."""
 
@@ -80,9 +87,9 @@ class Context:
         self.args = args
         self.json = args.json
         self.out = out or sys.stdout
-        self._client: Any = None
+        self._client: Client | None = None
 
-    def client(self, **kwargs: Any) -> Any:
+    def client(self, **kwargs: Any) -> Client:
         if self._client is None:
             from ..client import Client
 

@@ -3,13 +3,15 @@ templates, doctor."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..values import explain_text, format_value
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["EXAMPLES", "register"]
 
@@ -37,7 +39,7 @@ SCOPE = {"choices": ("user", "project"), "default": "user",
 REASON = "why, recorded in the history"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("get", help="print the resolved value")
     p.add_argument("key", help="a preference key, e.g. ml.training.learning_rate")
     p.set_defaults(func=cmd_get)
@@ -122,16 +124,16 @@ def _entry_text(e: Any) -> str:
     return str(e)  # HistoryEntry.__str__ (values.py)
 
 
-def cmd_get(ctx: Any) -> None:
+def cmd_get(ctx: Context) -> None:
     value = ctx.client().get(ctx.args.key)
     ctx.emit({"key": ctx.args.key, "value": value},
              str(value).lower() if isinstance(value, bool) else str(value))
 
 
-def cmd_set(ctx: Any) -> None:
+def cmd_set(ctx: Context) -> None:
     client = ctx.client()
-    entries = client._set_many({ctx.args.key: ctx.args.value}, ctx.args.scope, ctx.args.reason,
-                               from_string=True)
+    entries = client.set_many({ctx.args.key: ctx.args.value}, ctx.args.scope, ctx.args.reason,
+                              from_string=True)
     value = client.get(ctx.args.key)
     if entries:
         ctx.emit(_entry_json(entries[0]), f"{ctx.args.key} = {format_value(entries[0].new)} "
@@ -141,7 +143,7 @@ def cmd_set(ctx: Any) -> None:
         ctx.emit(None, "")
 
 
-def cmd_unset(ctx: Any) -> None:
+def cmd_unset(ctx: Context) -> None:
     client = ctx.client()
     entry = client.unset(ctx.args.key, scope=ctx.args.scope, reason=ctx.args.reason)
     value = client.get(ctx.args.key)
@@ -152,7 +154,7 @@ def cmd_unset(ctx: Any) -> None:
                  f"(history #{entry.id}); resolved value now {format_value(value)}")
 
 
-def cmd_list(ctx: Any) -> None:
+def cmd_list(ctx: Context) -> None:
     client = ctx.client()
     view = client.snapshot()
     rows = []
@@ -183,7 +185,7 @@ def cmd_list(ctx: Any) -> None:
     ctx.emit(rows, text)
 
 
-def cmd_explain(ctx: Any) -> None:
+def cmd_explain(ctx: Context) -> None:
     client = ctx.client()
     ex = client.explain(ctx.args.key)
     spec = client.spec(ctx.args.key)
@@ -208,7 +210,7 @@ def cmd_explain(ctx: Any) -> None:
     ctx.emit(data, text)
 
 
-def cmd_validate(ctx: Any) -> int:
+def cmd_validate(ctx: Context) -> int:
     from ..catalog import Catalog
     from ..client import _packaged_catalog
     from ..errors import ValidationError
@@ -240,13 +242,13 @@ def cmd_validate(ctx: Any) -> int:
     return 1 if problems else 0
 
 
-def cmd_history(ctx: Any) -> None:
+def cmd_history(ctx: Context) -> None:
     entries = ctx.client().history(ctx.args.key, limit=ctx.args.limit)
     ctx.emit([_entry_json(e) for e in entries],
              lambda: "\n".join(_entry_text(e) for e in entries) or "(no history)")
 
 
-def cmd_rollback(ctx: Any) -> None:
+def cmd_rollback(ctx: Context) -> None:
     client = ctx.client()
     entry = client.rollback(ctx.args.key, scope=ctx.args.scope, to=ctx.args.to)
     value = client.get(ctx.args.key)
@@ -259,7 +261,7 @@ def exported(client: Any) -> dict[str, Any]:
     return {k: (MASK if client.spec(k).sensitive else v) for k, v in sorted(client.snapshot().items())}
 
 
-def cmd_export(ctx: Any) -> None:
+def cmd_export(ctx: Context) -> None:
     flat = exported(ctx.client())
     if ctx.args.format == "json" or ctx.json:
         ctx.emit(flat, lambda: __import__("json").dumps(flat, indent=2))
@@ -271,7 +273,7 @@ def cmd_export(ctx: Any) -> None:
     sys.stdout.write(tomli_w.dumps(unflatten(flat)))
 
 
-def cmd_import(ctx: Any) -> None:
+def cmd_import(ctx: Context) -> None:
     from ..errors import ConfigFileError
     from ..tomlfile import read_toml
 
@@ -281,29 +283,29 @@ def cmd_import(ctx: Any) -> None:
     values = {k: v for k, (v, _line) in doc.values.items() if v != MASK}
     if not values:
         raise ConfigFileError(ctx.args.file, None, None, "holds no preference keys")
-    entries = ctx.client()._set_many(values, ctx.args.scope,
-                                     ctx.args.reason or f"import {ctx.args.file}")
+    entries = ctx.client().set_many(values, ctx.args.scope,
+                                    ctx.args.reason or f"import {ctx.args.file}")
     ctx.emit([_entry_json(e) for e in entries],
              f"imported {len(entries)} value(s) from {ctx.args.file} into {ctx.args.scope} scope")
 
 
-def cmd_templates_list(ctx: Any) -> None:
+def cmd_templates_list(ctx: Context) -> None:
     names = ctx.client().templates.list()
     ctx.emit(names, "\n".join(names))
 
 
-def cmd_templates_show(ctx: Any) -> None:
+def cmd_templates_show(ctx: Context) -> None:
     values = ctx.client().templates.show(ctx.args.name)
     ctx.emit(values, lambda: "\n".join(f"{k} = {format_value(v)}" for k, v in sorted(values.items())))
 
 
-def cmd_templates_apply(ctx: Any) -> None:
+def cmd_templates_apply(ctx: Context) -> None:
     entries = ctx.client().templates.apply(ctx.args.name, scope=ctx.args.scope)
     ctx.emit([_entry_json(e) for e in entries],
              f"applied template {ctx.args.name}: {len(entries)} value(s) stored")
 
 
-def cmd_doctor(ctx: Any) -> int:
+def cmd_doctor(ctx: Context) -> int:
     import sqlite3
     from importlib import metadata
 
@@ -330,7 +332,7 @@ def cmd_doctor(ctx: Any) -> int:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "missing"
-    locked = client._view.locked
+    locked = client.view.locked
     unpinned = sorted(k for k in client.snapshot()
                       if client.spec(k).access != "user" and k not in locked)
     from .._statpoll import remote_filesystem
@@ -345,7 +347,7 @@ def cmd_doctor(ctx: Any) -> int:
         "paths": {"store": health.get("location", loc.store), "user_file": loc.user_file,
                   "policy": loc.policy,
                   "project_file": client.project_file[0] if client.project_file else None,
-                  "files": list(client._files)},
+                  "files": list(client.sources.files)},
         "exists": {"policy": os.path.exists(loc.policy), "user_file": os.path.exists(loc.user_file)},
         "project": client.project, "user": client.user, "template": client.template,
         "versions": versions,
@@ -387,7 +389,7 @@ def _damage_report(path: str, problems: list[str]) -> list[str]:
     return [*(f"  {p}" for p in problems), advice]
 
 
-def _doctor_unopenable(ctx: Any, path: str, err: Exception) -> int:
+def _doctor_unopenable(ctx: Context, path: str, err: Exception) -> int:
     """doctor when the store cannot be opened: why, its integrity report if it is a file."""
     from ..store import integrity_check
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["EXAMPLES", "register"]
 
@@ -17,7 +19,7 @@ EXAMPLES = {
 RUN = "a run id (see: mlprefs curves list)"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("curves", help="learning curves of training runs")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     csub.add_parser("list", help="runs that have a curve, newest first").set_defaults(
@@ -32,12 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_curves_plot)
 
 
-def cmd_curves_list(ctx: Any) -> None:
+def cmd_curves_list(ctx: Context) -> None:
     runs = ctx.client().curves.runs()
     ctx.emit(runs, "\n".join(runs) if runs else "no learning curves yet")
 
 
-def cmd_curves_show(ctx: Any) -> None:
+def cmd_curves_show(ctx: Context) -> None:
     from ..errors import MlprefsError
     from ..runs import run_changes
 
@@ -53,7 +55,7 @@ def cmd_curves_show(ctx: Any) -> None:
     ctx.emit(data, lambda: _table(curves, changes))
 
 
-def cmd_curves_plot(ctx: Any) -> None:
+def cmd_curves_plot(ctx: Context) -> None:
     path = ctx.client().curves.plot(ctx.args.run, ctx.args.out, metrics=ctx.args.metric)
     ctx.emit({"run": ctx.args.run, "path": path}, f"wrote {path}")
 

@@ -6,7 +6,6 @@ the store; note that a shell may keep them in its history.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -14,14 +13,17 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("data", help="consent, erasure, export, retention and the privacy audit log")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, func, text in (
@@ -52,7 +54,7 @@ def _when(at: float | None) -> str:
     return "-" if at is None else dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _emit_status(ctx: Any, status: Any, verb: str) -> None:
+def _emit_status(ctx: Context, status: Any, verb: str) -> None:
     data = attrs.asdict(status)
 
     def text() -> str:
@@ -68,19 +70,19 @@ def _emit_status(ctx: Any, status: Any, verb: str) -> None:
     ctx.emit(data, text)
 
 
-def cmd_consent(ctx: Any) -> None:
+def cmd_consent(ctx: Context) -> None:
     _emit_status(ctx, ctx.client().data.grant_consent(ctx.args.subject), "recorded: ")
 
 
-def cmd_revoke(ctx: Any) -> None:
+def cmd_revoke(ctx: Context) -> None:
     _emit_status(ctx, ctx.client().data.revoke_consent(ctx.args.subject), "recorded: ")
 
 
-def cmd_opt_out(ctx: Any) -> None:
+def cmd_opt_out(ctx: Context) -> None:
     _emit_status(ctx, ctx.client().data.opt_out(ctx.args.subject), "recorded: ")
 
 
-def cmd_status(ctx: Any) -> None:
+def cmd_status(ctx: Context) -> None:
     _emit_status(ctx, ctx.client().data.status(ctx.args.subject), "")
 
 
@@ -104,7 +106,7 @@ def _unknown_subject_as_note() -> Iterator[None]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def cmd_erase(ctx: Any) -> None:
+def cmd_erase(ctx: Context) -> None:
     with _unknown_subject_as_note():
         counts = ctx.client().data.erase(ctx.args.subject)
     ctx.emit(counts, f"erased {sum(counts.values())} row(s): {_counts_text(counts)}")
@@ -122,7 +124,7 @@ def open_private(path: str) -> Any:
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
-def cmd_export(ctx: Any) -> None:
+def cmd_export(ctx: Context) -> None:
     if not ctx.args.out:
         with _unknown_subject_as_note():
             rows = ctx.client().data.export(ctx.args.subject)
@@ -136,14 +138,14 @@ def cmd_export(ctx: Any) -> None:
              f"wrote {sum(len(r) for r in rows.values())} row(s) to {ctx.args.out}")
 
 
-def cmd_cleanup(ctx: Any) -> None:
+def cmd_cleanup(ctx: Context) -> None:
     data = ctx.client().data
     counts = data.cleanup()
     ctx.emit(counts, f"deleted {sum(counts.values())} row(s) older than "
                      f"{data.policy.retention_days} days: {_counts_text(counts)}")
 
 
-def cmd_policy(ctx: Any) -> None:
+def cmd_policy(ctx: Context) -> None:
     policy = ctx.client().data.policy
     data = {**attrs.asdict(policy), "implied": list(policy.implied)}
 
@@ -158,7 +160,7 @@ def cmd_policy(ctx: Any) -> None:
     ctx.emit(data, text)
 
 
-def cmd_audit(ctx: Any) -> None:
+def cmd_audit(ctx: Context) -> None:
     entries = ctx.client().data.audit(limit=ctx.args.limit, subject=ctx.args.subject,
                                       action=ctx.args.action)
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["EXAMPLES", "register"]
 
 EXAMPLES = {"demo": "mlprefs demo --epochs 30 --manual"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="train a small model while its preferences change live")
     p.add_argument("--epochs", type=int, default=60, help="at most this many epochs (default 60)")
     p.add_argument("--out", default="mlprefs-demo",
@@ -22,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def cmd_demo(ctx: Any) -> None:
+def cmd_demo(ctx: Context) -> None:
     import io
 
     from ..errors import MlprefsError

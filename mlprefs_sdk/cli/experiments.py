@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["register"]
 
@@ -13,7 +15,7 @@ DECISIONS = {"treatment_wins": "TREATMENT WINS", "control_wins": "CONTROL WINS",
              "stopped_early": "STOPPED EARLY"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("experiments", help="A/B experiments: create, assign, record, analyze, "
                                            "conclude, list")
     esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,7 +85,7 @@ def _date(text: str | None) -> float | None:
         raise ValueError(f"--started-at {text!r} is not an ISO date or time") from None
 
 
-def cmd_create(ctx: Any) -> None:
+def cmd_create(ctx: Context) -> None:
     a = ctx.args
     exp = ctx.client().experiments.create(
         a.name, a.control, a.treatment, metric=a.metric, traffic_split_ratio=a.ratio,
@@ -94,12 +96,12 @@ def cmd_create(ctx: Any) -> None:
              f"{exp.treatment} (treatment), {exp.metric}")
 
 
-def cmd_assign(ctx: Any) -> None:
+def cmd_assign(ctx: Context) -> None:
     arm = ctx.client().experiments.assign(ctx.args.name, ctx.args.unit)
     ctx.emit({"experiment": ctx.args.name, "unit": ctx.args.unit, "arm": arm}, arm)
 
 
-def cmd_record(ctx: Any) -> None:
+def cmd_record(ctx: Context) -> None:
     a = ctx.args
     experiments = ctx.client().experiments
     if a.csv:
@@ -135,7 +137,7 @@ def _csv_rows(path: str) -> list[tuple[str, float, float | None]]:
     return rows
 
 
-def cmd_analyze(ctx: Any) -> None:
+def cmd_analyze(ctx: Context) -> None:
     analysis = ctx.client().experiments.analyze(ctx.args.name)
     ctx.emit(analysis.to_dict(), lambda: render(analysis))
 
@@ -171,7 +173,7 @@ def render(r: Any) -> str:
     return "\n".join(lines)
 
 
-def cmd_conclude(ctx: Any) -> None:
+def cmd_conclude(ctx: Context) -> None:
     c = ctx.client().experiments.conclude(ctx.args.name, promote=not ctx.args.no_promote,
                                           force=ctx.args.force)
     promoted = f"; promoted {c.promoted.uri}" if c.promoted is not None else ""
@@ -184,7 +186,7 @@ def _experiment_json(e: Any) -> dict[str, Any]:
     return attrs.asdict(e)
 
 
-def cmd_list(ctx: Any) -> None:
+def cmd_list(ctx: Context) -> None:
     exps = ctx.client().experiments.list()
 
     def text() -> str:

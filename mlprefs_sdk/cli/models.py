@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["EXAMPLES", "register"]
 
@@ -26,7 +28,7 @@ VERSION = "a version of the model, e.g. 1.3.0"
 STATUSES = ("active", "experimental", "deprecated")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("models", help="model registry: list, show, register, promote, deprecate, "
                                       "rollback, select, update")
     msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -109,14 +111,14 @@ def _pairs(items: list[str], what: str, number: bool) -> dict[str, Any]:
     return out
 
 
-def cmd_list(ctx: Any) -> None:
+def cmd_list(ctx: Context) -> None:
     versions = ctx.client().models.list(ctx.args.name, framework=ctx.args.framework,
                                         status=ctx.args.status)
     ctx.emit([mv.to_dict() for mv in versions],
              lambda: "\n".join(_row(mv) for mv in versions) or "(no model versions)")
 
 
-def cmd_show(ctx: Any) -> None:
+def cmd_show(ctx: Context) -> None:
     models = ctx.client().models
     mv = models.get(ctx.args.name, ctx.args.version)
     moves = models.moves(ctx.args.name, limit=20)
@@ -145,7 +147,7 @@ def _move_json(m: Any) -> dict[str, Any]:
             "actor": m.actor, "reason": m.reason}
 
 
-def cmd_register(ctx: Any) -> None:
+def cmd_register(ctx: Context) -> None:
     a = ctx.args
     try:
         config = json.loads(a.config)
@@ -159,26 +161,26 @@ def cmd_register(ctx: Any) -> None:
     ctx.emit(mv.to_dict(), f"registered {mv.uri} ({mv.framework}, {mv.status})")
 
 
-def cmd_move(ctx: Any) -> None:
+def cmd_move(ctx: Context) -> None:
     models = ctx.client().models
     call = models.promote if ctx.args.verb == "promote" else models.deprecate
     mv = call(ctx.args.name, ctx.args.version, reason=ctx.args.reason)
     ctx.emit(mv.to_dict(), f"{mv.uri} is now {mv.status}")
 
 
-def cmd_rollback(ctx: Any) -> None:
+def cmd_rollback(ctx: Context) -> None:
     mv = ctx.client().models.rollback(ctx.args.name, reason=ctx.args.reason)
     ctx.emit(mv.to_dict(), f"{mv.name} rolled back: {mv.uri} is active again")
 
 
-def cmd_select(ctx: Any) -> None:
+def cmd_select(ctx: Context) -> None:
     client = ctx.client()
     mv = client.models.select(ctx.args.name)
     criteria = client.get("ml.models.selection_criteria")
     ctx.emit(mv.to_dict(), f"{mv.uri}  (selected by {criteria}: {_metrics_text(mv)})")
 
 
-def cmd_update(ctx: Any) -> None:
+def cmd_update(ctx: Context) -> None:
     checks = ctx.client().models.update(ctx.args.name)
     ctx.emit([c.to_dict() for c in checks],
              lambda: "\n".join(c.message for c in checks) or "(no models)")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("monitor", help="monitoring alerts (accuracy, latency, drift, resources)")
     msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = msub.add_parser("check", help="check every condition now; print the alerts it raised")
@@ -27,22 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_stats)
 
 
-def _emit_alerts(ctx: Any, alerts: list[Any], empty: str) -> None:
+def _emit_alerts(ctx: Context, alerts: list[Any], empty: str) -> None:
     ctx.emit([attrs.asdict(a) for a in alerts],
              lambda: "\n".join(f"{a.kind:<9} {a}" for a in alerts) or empty)
 
 
-def cmd_check(ctx: Any) -> None:
+def cmd_check(ctx: Context) -> None:
     _emit_alerts(ctx, ctx.client().monitor.check(window=ctx.args.window), "no new alerts")
 
 
-def cmd_alerts(ctx: Any) -> None:
+def cmd_alerts(ctx: Context) -> None:
     alerts = ctx.client().monitor.alerts(active=True if ctx.args.active else None,
                                          limit=ctx.args.limit)
     _emit_alerts(ctx, alerts, "(no alerts)")
 
 
-def cmd_stats(ctx: Any) -> None:
+def cmd_stats(ctx: Context) -> None:
     s = ctx.client().monitor.stats(ctx.args.model, ctx.args.version, window=ctx.args.window)
 
     def text() -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import Context
 
 __all__ = ["EXAMPLES", "register"]
 
@@ -15,7 +18,7 @@ def register(sub: Any) -> None:  # argparse subparsers
     p.set_defaults(func=cmd_schema)
 
 
-def cmd_schema(ctx: Any) -> None:
+def cmd_schema(ctx: Context) -> None:
     from ..schema import schema_text
 
     # No discovery, no env: a broken mlprefs.toml is what the schema helps to fix.

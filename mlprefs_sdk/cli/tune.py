@@ -7,9 +7,12 @@ command's own hooks report to the trial and are pruned by it (SPEC section 9).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..values import format_value
+
+if TYPE_CHECKING:
+    from . import Context
 
 __all__ = ["EXAMPLES", "register"]
 
@@ -46,7 +49,7 @@ def _space_file(path: str) -> tuple[Any, dict[str, Any]]:
     return Source("file", path, detail="--space"), space
 
 
-def cmd_tune(ctx: Any) -> int:
+def cmd_tune(ctx: Context) -> int:
     args = ctx.args
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

@@ -10,17 +10,20 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
 from ..values import ChangeSet, format_value, show_path
+
+if TYPE_CHECKING:
+    from . import Context, SubParsers
 
 __all__ = ["EXAMPLES", "register"]
 
 EXAMPLES = {"watch": "mlprefs watch --json"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("watch", help="print each change as it is applied, until interrupted")
     # Also accepted after the verb; SUPPRESS keeps `mlprefs --json watch` working too.
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -28,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_watch)
 
 
-def cmd_watch(ctx: Any) -> int:
+def cmd_watch(ctx: Context) -> int:
     client = ctx.client()
     lock = threading.Lock()  # changes arrive on the watcher thread
     edits = itertools.count(1)  # numbers the applied and rejected edits
@@ -62,7 +65,7 @@ def cmd_watch(ctx: Any) -> int:
     client.on_error(on_error)
     undo = _print_each_rejection_once()
     client.watch()
-    watcher = client._watcher
+    watcher = client.watcher
     shown = [show_path(p) for p in watcher.paths]
     out({"event": "watching", "time": _iso(datetime.now(UTC)),
          "backend": watcher.backend, "paths": watcher.paths},

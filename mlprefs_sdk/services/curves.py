@@ -12,10 +12,13 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
 from ..runs import run_changes
+
+if TYPE_CHECKING:
+    from ..handle import ClientHandle
 
 __all__ = ["Curves", "write_points", "ENABLED"]
 
@@ -38,7 +41,7 @@ def write_points(db: Any, run: str, epoch: int, metrics: Mapping[str, float]) ->
 class Curves:
     """prefs.curves: log(run, epoch, **metrics), get(run), plot(run, path)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
 
     def log(self, run: str, epoch: int, **metrics: float) -> bool:
@@ -46,14 +49,14 @@ class Curves:
         if not self._client.get(ENABLED):
             return False
         if metrics:
-            with self._client._store.transaction() as db:
+            with self._client.store.transaction() as db:
                 write_points(db, run, epoch, metrics)
         return True
 
     def get(self, run: str) -> dict[str, list[tuple[int, float]]]:
         """metric -> [(epoch, value), ...] in epoch order; {} for a run with no curve."""
         out: dict[str, list[tuple[int, float]]] = {}
-        for epoch, metric, value in self._client._store.query(
+        for epoch, metric, value in self._client.store.query(
                 "SELECT epoch, metric, value FROM curves WHERE run_id = ? ORDER BY metric, epoch",
                 (run,)):
             out.setdefault(metric, []).append((epoch, math.nan if value is None else value))
@@ -61,7 +64,7 @@ class Curves:
 
     def runs(self) -> list[str]:
         """Run ids that have a curve, newest first."""
-        rows = self._client._store.query(
+        rows = self._client.store.query(
             "SELECT run_id, MAX(at) AS latest FROM curves GROUP BY run_id ORDER BY latest DESC")
         return [r[0] for r in rows]
 
@@ -77,7 +80,7 @@ class Curves:
                 raise MlprefsError(f"run {run!r} has no metric {', '.join(missing)}; it has "
                                    f"{', '.join(sorted(curves))}")
             curves = {m: curves[m] for m in metrics}
-        changes = [c for c in run_changes(self._client._store, run) if c.applied]
+        changes = [c for c in run_changes(self._client.store, run) if c.applied]
         _draw(run, curves, changes, os.fspath(path))
         return os.fspath(path)
 

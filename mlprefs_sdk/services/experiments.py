@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import InvalidValue
 from ..errors import FeatureDisabledError
@@ -39,6 +39,9 @@ from ._experiment_values import (
 )
 from .stats import Moments, compare, srm_test
 
+if TYPE_CHECKING:
+    from ..handle import ClientHandle
+
 __all__ = ["Experiments", *PUBLIC]
 
 log = logging.getLogger(__name__)
@@ -62,12 +65,12 @@ _COLUMNS = ("name, control, treatment, metric, higher_is_better, salt, traffic_s
 class Experiments:
     """prefs.experiments: create, assign, record, analyze, conclude, list."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
-        self._store = client._store
+        self._store = client.store
         self._live: dict[str, Live] = {}
         self._data = client.data  # the effective privacy policy; starts the retention schedule
-        self._buffer = WriteBuffer(client._store, client._pseudonym, self._anonymizing,
+        self._buffer = WriteBuffer(client.store, client.pseudonym, self._anonymizing,
                                    self._data.erasures_since)
 
     # -- definition ----------------------------------------------------------------

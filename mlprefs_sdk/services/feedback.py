@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..handle import ClientHandle
 
 __all__ = ["Feedback", "FeedbackStats", "RetrainSignal", "REFUSALS"]
 
@@ -71,9 +71,9 @@ def _version(version: Any) -> str:
 class Feedback:
     """prefs.feedback: user feedback on predictions, its accuracy, and when to retrain."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
-        self._store = client._store
+        self._store = client.store
         self._data = client.data  # consent and pseudonyms; also starts the retention schedule
 
     def record(self, subject: str, model: str, version: str, prediction: Any,
@@ -159,7 +159,7 @@ class Feedback:
             return False
         signal = RetrainSignal(model, version, baseline, source, accuracy, n, threshold)
         log.warning("mlprefs: retrain needed: %s", signal)
-        self._client._events.fire("retrain", signal)
+        self._client.events.fire("retrain", signal)
         return True
 
     def _latest_version(self, model: str) -> str | None:

@@ -29,7 +29,7 @@ from . import _lifecycle
 from .drift import DriftResult, detect
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..handle import ClientHandle
 
 __all__ = ["Monitor", "Alert", "WindowStats", "process_rss_mb", "CpuMeter"]
 
@@ -139,15 +139,15 @@ def _flush_at_exit(ref: weakref.ref[Monitor]) -> None:
             monitor.flush()
         except Exception:  # interpreter exit: report what was lost, do not raise
             log.exception("mlprefs: could not write %d buffered monitoring sample(s) at exit",
-                          len(monitor._buf))
+                          monitor.buffered)
 
 
 class Monitor:
     """prefs.monitor: record serving metrics, check them against the preferences, raise alerts."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
-        self._store = client._store
+        self._store = client.store
         self._buf: list[tuple[str, str, float | None, float | None, float]] = []
         self._lock = _lifecycle.OwnedLock()  # the buffer (appends and swaps)
         self._flush_lock = _lifecycle.OwnedLock()  # one write at a time, swap to commit
@@ -229,6 +229,11 @@ class Monitor:
                 log.exception("mlprefs: monitoring samples could not be written yet; they "
                               "stay buffered and are retried in %.2fs", TICK)
         return True
+
+    @property
+    def buffered(self) -> int:
+        """Samples recorded but not yet written to the store."""
+        return len(self._buf)
 
     def flush(self) -> int:
         """Write the buffered samples now; returns how many."""
@@ -314,7 +319,7 @@ class Monitor:
             db.executemany("UPDATE alerts SET resolved_at = ? WHERE id = ?", ended)
         for alert in new:
             log.warning("mlprefs alert (%s): %s", alert.kind, alert.message)
-            self._client._events.fire("alert", alert)
+            self._client.events.fire("alert", alert)
         return new
 
     def alerts(self, active: bool | None = None, limit: int = 100) -> list[Alert]:

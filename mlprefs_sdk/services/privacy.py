@@ -22,7 +22,7 @@ from ._anonymize import anonymize_record
 from ._retention import DATED_COLUMNS, DAY, SUBJECT_COLUMNS, AutoCleanup, delete_expired, subject_rows
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..handle import ClientHandle
 
 __all__ = ["DataPrivacy", "DataPolicy", "ConsentStatus", "AuditEntry", "UnknownSubjectWarning",
            "MODE_MINIMUMS"]
@@ -107,9 +107,9 @@ def _check_subject(subject: Any, what: str) -> str:
 class DataPrivacy:
     """prefs.data: consent, pseudonymisation, retention, erasure, export, sharing, audit."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
-        self._store = client._store
+        self._store = client.store
         self._policy: tuple[Any, DataPolicy] | None = None
         self._auto = AutoCleanup(self._store, lambda: self.policy.auto_cleanup_enabled,
                                  lambda stop: self._cleanup(None, "auto-cleanup", stop))
@@ -128,7 +128,7 @@ class DataPrivacy:
     # -- identifiers ------------------------------------------------------------------
     def pseudonym(self, subject: str) -> str:
         """HMAC-SHA256 of the subject id under this installation's secret (hex)."""
-        return self._client._pseudonym(subject)
+        return self._client.pseudonym(subject)
 
     def stored_id(self, subject: str) -> str:
         """The id the SDK stores for this subject: its pseudonym while anonymisation is on."""
@@ -298,7 +298,7 @@ class DataPrivacy:
     def _flush_services(self) -> None:
         """Buffered writes of this client's services (experiment outcomes, ...) land first,
         so none of the subject's rows arrives after the erasure or misses the export."""
-        for service in list(self._client._services.values()):
+        for service in self._client.services:
             flush = getattr(service, "flush", None)
             if flush is not None and service is not self:
                 flush()

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._model_values import (
     PUBLIC,
@@ -32,6 +32,9 @@ from ._model_values import (
     name_text,
     version_text,
 )
+
+if TYPE_CHECKING:
+    from ..handle import ClientHandle
 
 # Spelled out (not *PUBLIC): type checkers read __all__ literally to see what is re-exported.
 __all__ = ["ModelRegistry", "ModelVersion", "Move", "UpdateCheck", "ModelNotFoundError",
@@ -52,9 +55,9 @@ _SHOWN_EXCLUSIONS = 20
 class ModelRegistry:
     """prefs.models: register, promote, deprecate, roll back, select and load model versions."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: ClientHandle) -> None:
         self._client = client
-        self._store = client._store
+        self._store = client.store
 
     # -- reading -------------------------------------------------------------------
     def get(self, name: str, version: str | int | None = None) -> ModelVersion:

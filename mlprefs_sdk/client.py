@@ -540,7 +540,7 @@ class Client:
         svc = self._services.get(cls)
         if svc is None:
             svc = self._services[cls] = cls(self)  # type: ignore[call-arg]
-        return svc  # type: ignore[no-any-return]
+        return svc
 
     @property
     def plugin_manager(self) -> Any:

@@ -73,7 +73,7 @@ class Sources:
     # -- reading ----------------------------------------------------------------------
     def read(self, slots: Iterable[str], catalog: Catalog) -> dict[str, tuple[L.Layer, ...]]:
         """The named slots' layers, read now (the policy file fills org and locked at once)."""
-        out = {}
+        out: dict[str, tuple[L.Layer, ...]] = {}
         for slot in slots:
             if slot in ("org", "locked"):
                 if "org" not in out:  # one file holds both tables
@@ -111,7 +111,7 @@ class Sources:
         if slot == "template":
             if not self.template:
                 return (L.Layer("template", {}),)
-            return (L.template_layer(self.template, self.store.saved_templates()),)  # type: ignore[attr-defined]
+            return (L.template_layer(self.template, self.store.saved_templates()),)
         if slot in SCOPES:
             if slot == "project" and not self.project:
                 return (L.Layer("project", {}),)

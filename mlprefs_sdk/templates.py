@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,7 @@ class Templates:
             raise ValidationError(problems)
         self._client.store.save_template(name, typed, self._client.user)
 
-    def apply(self, name: str, scope: str | None = None) -> list[HistoryEntry]:
+    def apply(self, name: str, scope: str | None = None) -> builtins.list[HistoryEntry]:
         """Write the template's values into a store scope (project when set, else user)."""
         values = self.show(name)
         scope = scope or ("project" if self._client.project else "user")

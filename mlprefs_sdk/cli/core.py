@@ -189,7 +189,7 @@ def cmd_explain(ctx: Context) -> None:
     client = ctx.client()
     ex = client.explain(ctx.args.key)
     spec = client.spec(ctx.args.key)
-    data = {
+    data: dict[str, Any] = {
         "key": ex.key, "value": ex.value, "locked": ex.locked, "source": _source_json(ex.source),
         "chain": [{"layer": lv.layer, "value": lv.value, "source": _source_json(lv.source)}
                   for lv in ex.chain],
@@ -343,7 +343,7 @@ def cmd_doctor(ctx: Context) -> int:
     remote = remote_filesystem([d for d in dirs if os.path.isdir(d)])
     if backend == "native" and remote is not None:
         backend = f"poll (stat loop: {remote[0]} is on {remote[1]})"
-    data = {
+    data: dict[str, Any] = {
         "paths": {"store": health.get("location", loc.store), "user_file": loc.user_file,
                   "policy": loc.policy,
                   "project_file": client.project_file[0] if client.project_file else None,

@@ -79,7 +79,7 @@ def _decay_groups(hooks: Any, opt: Any) -> Sequence[int]:
 
 
 def _put(group: dict[str, Any], name: str, value: float) -> None:
-    current = group.get(name)
+    current: Any = group.get(name)
     if hasattr(current, "fill_"):  # a tensor LR (capturable optimizers): keep the tensor
         current.fill_(value)
     else:

@@ -8,6 +8,7 @@ described in _assignment.py; the statistics in stats.py.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -317,7 +318,7 @@ class Experiments:
         self._live[name] = live
         return live
 
-    def _splits(self, name: str) -> list[tuple[float, float]]:
+    def _splits(self, name: str) -> builtins.list[tuple[float, float]]:
         return [(s, r) for s, r in self._store.query(
             "SELECT since, ratio FROM experiment_splits WHERE experiment = ? ORDER BY since",
             (name,))]
@@ -363,7 +364,7 @@ class Experiments:
 
         The counts are of assignments made, so units erased or expired later still count.
         """
-        ratios = dict(self._splits(name))
+        ratios: dict[float, Any] = dict(self._splits(name))
         counts: dict[float, dict[str, int]] = {}
         for since, arm, n in self._store.query("SELECT since, arm, n FROM experiment_assignments "
                                                "WHERE experiment = ?", (name,)):

@@ -126,7 +126,7 @@ def _check_number(name: str, value: Any, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) \
             or not math.isfinite(value):
         raise TypeError(f"monitor.record: {name} must be a finite number, got {value!r}")
-    if not lo <= value <= hi:
+    if not lo <= float(value) <= hi:
         bound = f"between {lo} and {hi}" if hi < sys.float_info.max else f">= {lo}"
         raise ValueError(f"monitor.record: {name} = {value!r} must be {bound}")
     return float(value)

@@ -8,6 +8,7 @@ through earlier and ranked versions, and check_updates() applies ml.models.auto_
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -89,11 +90,11 @@ class ModelRegistry:
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY name, id")
         return [ModelVersion.from_row(r) for r in self._store.query(sql, params)]
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         return [r[0] for r in self._store.query("SELECT DISTINCT name FROM model_versions "
                                                 "ORDER BY name")]
 
-    def moves(self, name: str, limit: int = 100) -> list[Move]:
+    def moves(self, name: str, limit: int = 100) -> builtins.list[Move]:
         """The model's recorded actions, newest first."""
         rows = self._store.query("SELECT id, name, kind, from_version, to_version, at, actor, "
                                  "reason FROM model_moves WHERE name = ? ORDER BY id DESC LIMIT ?",
@@ -225,7 +226,7 @@ class ModelRegistry:
         return self._synced(self.get(name, target))
 
     # -- MLflow's registry (integrations/mlflow.py) ------------------------------------
-    def import_mlflow(self, name: str, tracking_uri: str | None = None) -> list[ModelVersion]:
+    def import_mlflow(self, name: str, tracking_uri: str | None = None) -> builtins.list[ModelVersion]:
         """Bring in an MLflow registered model's versions; its ml.models.mlflow_alias version
         becomes active. Returns the versions that were new."""
         from ..integrations.mlflow import import_registered_model
@@ -252,7 +253,7 @@ class ModelRegistry:
             return ranked[0]
         raise self._nothing_qualifies(name)
 
-    def ranked(self, name: str | None = None, limit: int | None = None) -> list[ModelVersion]:
+    def ranked(self, name: str | None = None, limit: int | None = None) -> builtins.list[ModelVersion]:
         """Qualifying versions in select() order (best first)."""
         if name is not None:
             self._require(name)
@@ -312,7 +313,11 @@ class ModelRegistry:
                       if v in versions and versions[v].status != "deprecated"]
             order += self.ranked(name)
         seen: set[str] = set()
-        candidates = [mv for mv in order if not (mv.version in seen or seen.add(mv.version))]
+        candidates: list[ModelVersion] = []
+        for mv in order:  # each version once, where it first appears
+            if mv.version not in seen:
+                seen.add(mv.version)
+                candidates.append(mv)
         if not candidates:
             why = ("ml.models.fallback_enabled is false" if not fallback
                    else "no earlier active or qualifying version exists")
@@ -336,7 +341,7 @@ class ModelRegistry:
         the best better version), scheduled (report it as due for `mlprefs models update`)."""
         return self._update(name, perform=False)
 
-    def update(self, name: str | None = None) -> list[UpdateCheck]:
+    def update(self, name: str | None = None) -> builtins.list[UpdateCheck]:
         """Perform due promotions (automatic or scheduled policy) for one model or all."""
         names = [name] if name is not None else self.names()
         return [self._update(n, perform=True) for n in names]

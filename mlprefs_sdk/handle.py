@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .catalog import Catalog, KeySpec
     from .events import Dispatcher, Subscription
+    from .layers import Layer
     from .locations import Locations
     from .resolve import View
     from .services.privacy import DataPrivacy
@@ -61,3 +62,4 @@ class ClientHandle(Protocol):
     def on_change(self, pattern: str, callback: Callable[[ChangeSet], Any],
                   deliver: str = "immediate") -> Subscription: ...
     def apply_pending(self) -> int: ...
+    def set_rank_layer(self, layer: Layer | None, origin: str) -> bool: ...

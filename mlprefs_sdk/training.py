@@ -22,6 +22,8 @@ from .runs import RunChange, load_run, save_run, write_changes
 from .values import ChangeSet
 
 if TYPE_CHECKING:
+    from .handle import ClientHandle
+    from .hookspecs import RunContext
     from .resolve import View
 
 __all__ = ["TrainingHooks", "MetricNotFoundError", "NEXT_RUN_KEYS"]
@@ -68,7 +70,7 @@ def _trainable(model: Any) -> list[Any]:
 class TrainingHooks:
     """One training run: call on_train_start, on_step_end, on_epoch_end, on_train_end."""
 
-    def __init__(self, client: Any, optimizer: Any = None, scheduler: Any = None, model: Any = None,
+    def __init__(self, client: ClientHandle, optimizer: Any = None, scheduler: Any = None, model: Any = None,
                  run_id: str | None = None, distributed: Any = False) -> None:
         self.client = client
         self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
@@ -360,3 +362,7 @@ class TrainingHooks:
     def __repr__(self) -> str:
         return (f"<TrainingHooks run={self.run_id!r} iteration={self.iteration} steps={self.steps}"
                 f"{' stop: ' + self.stop_reason if self.stop_reason else ''}>")
+
+
+if TYPE_CHECKING:
+    _CONTRACT: type[RunContext] = TrainingHooks  # the driver offers what the hook specs promise

@@ -15,11 +15,14 @@ import copy
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
 from ..hookspecs import hookimpl
 from ..training import MetricNotFoundError
+
+if TYPE_CHECKING:
+    from ..hookspecs import RunContext
 
 __all__ = ["best", "capture_weights", "restore_weights"]
 
@@ -31,25 +34,25 @@ DEFAULT_METRIC = "val_loss"
 EPOCH_END = NAME + ".epoch_end"
 
 
-def best(hooks: Any) -> tuple[int | None, float | None]:
+def best(hooks: RunContext) -> tuple[int | None, float | None]:
     """(iteration, value) of the best check so far; (None, None) before any."""
     state = hooks.state.get(NAME, {})
     return state.get("best_iteration"), state.get("best")
 
 
 @hookimpl
-def mlprefs_train_start(hooks: Any) -> None:
+def mlprefs_train_start(hooks: RunContext) -> None:
     hooks.state.setdefault(NAME, {"best": None, "best_iteration": None, "wait": 0})
     hooks.scratch[NAME] = {"reason": None, "weights": None, "fallback_logged": False}
 
 
 @hookimpl
-def mlprefs_epoch_end(hooks: Any, metrics: Mapping[str, Any] | None) -> None:
+def mlprefs_epoch_end(hooks: RunContext, metrics: Mapping[str, Any] | None) -> None:
     hooks.scratch[EPOCH_END] = metrics is not None  # the check that follows closes this iteration
 
 
 @hookimpl
-def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], fallback_metric: str | None) -> None:
+def mlprefs_evaluate(hooks: RunContext, metrics: Mapping[str, Any], fallback_metric: str | None) -> None:
     # A check from on_evaluate (HF eval_steps, Lightning val_check_interval) falls inside the
     # iteration in progress, which hooks.iteration does not count yet.
     current = hooks.iteration if hooks.scratch.pop(EPOCH_END, False) else hooks.iteration + 1
@@ -85,12 +88,12 @@ def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], fallback_metric: st
 
 
 @hookimpl
-def mlprefs_should_stop(hooks: Any) -> str | None:
+def mlprefs_should_stop(hooks: RunContext) -> str | None:
     return hooks.scratch.get(NAME, {}).get("reason")
 
 
 @hookimpl
-def mlprefs_train_end(hooks: Any) -> None:
+def mlprefs_train_end(hooks: RunContext) -> None:
     if hooks.model is None or not hooks.get(K + "restore_best_weights"):
         return
     weights = hooks.scratch.get(NAME, {}).get("weights")
@@ -105,7 +108,7 @@ def mlprefs_train_end(hooks: Any) -> None:
              hooks.run_id, iteration, value)
 
 
-def _lookup(hooks: Any, scratch: dict[str, Any], metrics: Mapping[str, Any],
+def _lookup(hooks: RunContext, scratch: dict[str, Any], metrics: Mapping[str, Any],
             fallback: str | None, raise_missing: bool) -> tuple[str, float] | None:
     """The monitored metric by SPEC section 6: val_loss may fall back to the framework's own."""
     name = hooks.get(K + "early_stopping_metric")

@@ -9,9 +9,12 @@ which gates every ml.features.* flag - with the step and the source of the edit.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ..hookspecs import RunContext
 
 __all__: list[str] = []
 
@@ -22,7 +25,7 @@ MASTER = "ml.global.enabled"
 
 
 @hookimpl
-def mlprefs_train_start(hooks: Any) -> None:
+def mlprefs_train_start(hooks: RunContext) -> None:
     flags = dict(hooks.flags)
     hooks.scratch[NAME] = flags
     on = sorted(k for k, v in flags.items() if v and k.startswith("ml.features."))
@@ -30,7 +33,7 @@ def mlprefs_train_start(hooks: Any) -> None:
 
 
 @hookimpl
-def mlprefs_apply_changes(hooks: Any, changes: Any, step: int) -> None:
+def mlprefs_apply_changes(hooks: RunContext, changes: Any, step: int) -> None:
     before = hooks.scratch.get(NAME, {})
     after = dict(hooks.flags)
     for key, now in after.items():

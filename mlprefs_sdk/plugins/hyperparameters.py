@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ..hookspecs import RunContext
 
 __all__ = ["LEARNING_RATE", "REGULARIZATION_L2", "set_learning_rate", "set_weight_decay"]
 
@@ -32,28 +35,28 @@ _SCALED = ("max_lr", "min_lr")  # OneCycleLR/CyclicLR keep these in the param gr
 
 
 @hookimpl
-def mlprefs_train_start(hooks: Any) -> None:
+def mlprefs_train_start(hooks: RunContext) -> None:
     _sync(hooks)
 
 
 @hookimpl
-def mlprefs_attach(hooks: Any) -> None:
+def mlprefs_attach(hooks: RunContext) -> None:
     _sync(hooks)
 
 
 @hookimpl
-def mlprefs_apply_changes(hooks: Any, changes: Any) -> None:
+def mlprefs_apply_changes(hooks: RunContext, changes: Any) -> None:
     update = {name: c.new for key, name in KEYS.items() if (c := changes.get(key)) is not None}
     if update:
         _apply(hooks, update)
 
 
-def _sync(hooks: Any) -> None:
+def _sync(hooks: RunContext) -> None:
     """Bring every attached optimizer and applier to the current values."""
     _apply(hooks, {name: hooks.get(key) for key, name in KEYS.items()})
 
 
-def _apply(hooks: Any, update: Mapping[str, float]) -> None:
+def _apply(hooks: RunContext, update: Mapping[str, float]) -> None:
     opt = hooks.optimizer
     if opt is not None:
         groups = getattr(opt, "param_groups", None)
@@ -68,7 +71,7 @@ def _apply(hooks: Any, update: Mapping[str, float]) -> None:
         fn(dict(update))
 
 
-def _decay_groups(hooks: Any, opt: Any) -> Sequence[int]:
+def _decay_groups(hooks: RunContext, opt: Any) -> Sequence[int]:
     """Indices of the groups that take weight decay, fixed when this optimizer is first seen."""
     mine = hooks.scratch.setdefault(NAME, {})
     if mine.get("optimizer") is not opt:

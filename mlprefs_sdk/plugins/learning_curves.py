@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
 from ..services.curves import ENABLED, write_points
+
+if TYPE_CHECKING:
+    from ..hookspecs import RunContext
 
 __all__ = ["numeric_metrics"]
 
@@ -31,7 +34,7 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 @hookimpl
-def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], index: int) -> None:
+def mlprefs_evaluate(hooks: RunContext, metrics: Mapping[str, Any], index: int) -> None:
     values = numeric_metrics(metrics)
     if values and hooks.get(ENABLED):
         run = hooks.run_id

@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
 from ..runs import load_run
 from ..services._model_values import InvalidModelError
+
+if TYPE_CHECKING:
+    from ..hookspecs import RunContext
 
 __all__ = ["run_metrics", "spent", "with_run"]
 
@@ -33,14 +36,14 @@ INTEGRATION = "mlprefs_sdk.integrations.opacus"
 TARGET = "ml.data.dp_target_epsilon"
 
 
-def _accounting(hooks: Any) -> Any:
+def _accounting(hooks: RunContext) -> Any:
     module = sys.modules.get(INTEGRATION)
     if module is None or hooks.optimizer is None:
         return None
     return module.accounting_for(hooks.optimizer)
 
 
-def spent(hooks: Any) -> tuple[float, float] | None:
+def spent(hooks: RunContext) -> tuple[float, float] | None:
     """(epsilon, delta) the run has spent, from Opacus's accountant; None without DP-SGD."""
     accounting = _accounting(hooks)
     return None if accounting is None else accounting.spent()
@@ -69,7 +72,7 @@ def with_run(store: Any, run_id: str, metrics: Mapping[str, Any] | None,
 
 
 @hookimpl
-def mlprefs_train_start(hooks: Any) -> None:
+def mlprefs_train_start(hooks: RunContext) -> None:
     accounting = _accounting(hooks)
     if accounting is None:
         if hooks.get("ml.data.dp_enabled"):
@@ -90,32 +93,32 @@ def mlprefs_train_start(hooks: Any) -> None:
 
 
 @hookimpl
-def mlprefs_epoch_end(hooks: Any) -> None:
+def mlprefs_epoch_end(hooks: RunContext) -> None:
     accounting = _accounting(hooks)
     if accounting is not None:
         _record(hooks, accounting)
 
 
 @hookimpl
-def mlprefs_should_stop(hooks: Any) -> str | None:
+def mlprefs_should_stop(hooks: RunContext) -> str | None:
     accounting = _accounting(hooks)
     return None if accounting is None else _over_budget(hooks, accounting)
 
 
 @hookimpl
-def mlprefs_train_end(hooks: Any) -> None:
+def mlprefs_train_end(hooks: RunContext) -> None:
     accounting = _accounting(hooks)
     if accounting is not None:
         _record(hooks, accounting)  # steps after the last epoch end count too
 
 
-def _record(hooks: Any, accounting: Any) -> None:
+def _record(hooks: RunContext, accounting: Any) -> None:
     epsilon, delta = accounting.spent()
     hooks.state[NAME] = {"epsilon": epsilon, "delta": delta,
                          "target": accounting.target_epsilon, "history": accounting.history()}
 
 
-def _over_budget(hooks: Any, accounting: Any) -> str | None:
+def _over_budget(hooks: RunContext, accounting: Any) -> str | None:
     target = min(accounting.target_epsilon, hooks.get(TARGET))
     after = accounting.epsilon_after(accounting.steps_per_epoch)
     if after <= target:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ..hookspecs import RunContext
 
 __all__ = ["TRACKING", "active_sinks"]
 
@@ -37,7 +40,7 @@ def active_sinks() -> list[Any]:
     return [s for s in sinks if s is not None]
 
 
-def _entries(hooks: Any, keys: Any) -> list[tuple[str, Any, str, bool]]:
+def _entries(hooks: RunContext, keys: Any) -> list[tuple[str, Any, str, bool]]:
     client = hooks.client
     out = []
     for key in keys:
@@ -46,7 +49,7 @@ def _entries(hooks: Any, keys: Any) -> list[tuple[str, Any, str, bool]]:
     return out
 
 
-def _send(hooks: Any, what: str, call: Any) -> None:
+def _send(hooks: RunContext, what: str, call: Any) -> None:
     """A tracker that fails must not stop training: log the failure with the run and go on."""
     for sink in hooks.scratch.get(NAME, ()):
         try:
@@ -57,7 +60,7 @@ def _send(hooks: Any, what: str, call: Any) -> None:
 
 
 @hookimpl
-def mlprefs_train_start(hooks: Any) -> None:
+def mlprefs_train_start(hooks: RunContext) -> None:
     if not hooks.enabled(TRACKING):
         return
     sinks = active_sinks()
@@ -71,7 +74,7 @@ def mlprefs_train_start(hooks: Any) -> None:
 
 
 @hookimpl
-def mlprefs_apply_changes(hooks: Any, changes: Any, step: int) -> None:
+def mlprefs_apply_changes(hooks: RunContext, changes: Any, step: int) -> None:
     if NAME not in hooks.scratch or not hooks.enabled(TRACKING):
         return
     entries = [(c.key, c.new, str(c.source), hooks.client.spec(c.key).sensitive) for c in changes]

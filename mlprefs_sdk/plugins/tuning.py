@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ..hookspecs import hookimpl
+from ..hookspecs import RunContext, hookimpl
 
 __all__ = ["TrialPlugin", "EnvTrialPlugin", "Trial", "monitored", "from_env", "ENV"]
 
@@ -37,7 +37,7 @@ class Trial(Protocol):
     def report(self, value: float, epoch: int) -> None: ...
 
 
-def monitored(hooks: Any, metrics: Mapping[str, Any], fallback: str | None) -> float | None:
+def monitored(hooks: RunContext, metrics: Mapping[str, Any], fallback: str | None) -> float | None:
     """The early-stopping metric's value in this check (val_loss may fall back, as in SPEC 6)."""
     name = hooks.get(METRIC)
     if name not in metrics and name == DEFAULT_METRIC and fallback is not None:
@@ -61,7 +61,7 @@ class TrialPlugin:
         return self.trial
 
     @hookimpl
-    def mlprefs_evaluate(self, hooks: Any, metrics: Mapping[str, Any], fallback_metric: str | None,
+    def mlprefs_evaluate(self, hooks: RunContext, metrics: Mapping[str, Any], fallback_metric: str | None,
                          index: int) -> None:
         trial = self._trial()
         if trial is None or trial.pruned:
@@ -71,7 +71,7 @@ class TrialPlugin:
             trial.report(value, index)
 
     @hookimpl
-    def mlprefs_should_stop(self, hooks: Any) -> str | None:
+    def mlprefs_should_stop(self, hooks: RunContext) -> str | None:
         trial = self._trial()
         return None if trial is None else trial.pruned
 
@@ -100,12 +100,12 @@ from_env = EnvTrialPlugin()
 
 
 @hookimpl
-def mlprefs_evaluate(hooks: Any, metrics: Mapping[str, Any], fallback_metric: str | None,
+def mlprefs_evaluate(hooks: RunContext, metrics: Mapping[str, Any], fallback_metric: str | None,
                      index: int) -> None:
     from_env.mlprefs_evaluate(hooks=hooks, metrics=metrics, fallback_metric=fallback_metric,
                               index=index)
 
 
 @hookimpl
-def mlprefs_should_stop(hooks: Any) -> str | None:
+def mlprefs_should_stop(hooks: RunContext) -> str | None:
     return from_env.mlprefs_should_stop(hooks=hooks)

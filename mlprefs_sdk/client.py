@@ -24,6 +24,7 @@ from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry,
 
 if TYPE_CHECKING:
     from .events import Dispatcher as _Events
+    from .handle import ClientHandle
     from .services.curves import Curves
     from .services.experiments import Experiments
     from .services.feedback import Feedback
@@ -635,3 +636,7 @@ def _error(problems: list[Problem]) -> ValidationError:
             column = int(p.source.detail.split()[-1]) if p.source.detail else None
             return ConfigFileError(p.source.path or "", p.source.line, column, reason, problems)
     return ValidationError(problems)
+
+
+if TYPE_CHECKING:
+    _HANDLE: type[ClientHandle] = Client  # services hold a Client through this narrow handle

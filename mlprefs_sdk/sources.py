@@ -23,10 +23,11 @@ from .locations import Locations, find_project_file
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Sources", "SCOPES", "STORE_SLOTS", "Group"]
+__all__ = ["Sources", "SCOPES", "STORE_SLOTS", "POLICY_SLOTS", "Group"]
 
 SCOPES = ("user", "project")  # the store scopes a Client writes
 STORE_SLOTS = ("template", "user", "project")  # the slots read from the store
+POLICY_SLOTS = ("org", "locked")  # one file, the policy, holds both tables
 PROJECT_FILE_NAMES = ("mlprefs.toml", "pyproject.toml")
 
 Group = tuple[tuple[str, ...], list[str]]  # (slots, paths): files read together into those slots
@@ -75,10 +76,10 @@ class Sources:
         """The named slots' layers, read now (the policy file fills org and locked at once)."""
         out: dict[str, tuple[L.Layer, ...]] = {}
         for slot in slots:
-            if slot in ("org", "locked"):
-                if "org" not in out:  # one file holds both tables
-                    org, locked = L.policy_layers(self.locations.policy)
-                    out["org"], out["locked"] = (org,), (locked,)
+            if slot in POLICY_SLOTS:
+                if slot not in out:
+                    out.update(zip(POLICY_SLOTS, ((layer,) for layer in
+                                                  L.policy_layers(self.locations.policy)), strict=True))
             else:
                 out[slot] = self._read_slot(slot, catalog)
         return out
@@ -140,7 +141,7 @@ class Sources:
         directory up to the project file in use (see `_discovery_files`).
         """
         loc = self.locations
-        plan: list[Group] = [(("org", "locked"), [loc.policy]), (("user-file",), [loc.user_file])]
+        plan: list[Group] = [(POLICY_SLOTS, [loc.policy]), (("user-file",), [loc.user_file])]
         if self.files:
             plan.append((("file",), list(self.files)))
         if self.discover_from is not None:

@@ -30,13 +30,18 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .errors import MlprefsError
 from .layers import Entry, Layer
 from .values import Change, ChangeSet, Source
+
+if TYPE_CHECKING:
+    from .handle import ClientHandle
+    from .resolve import View
+    from .training import TrainingHooks
 
 __all__ = ["RankSync", "join_ranks", "SYNC_STEPS", "encode_changes", "decode_changes"]
 
@@ -46,7 +51,7 @@ SYNC_STEPS = "ml.training.distributed_sync_steps"
 OTHER_RANK = "a stop was requested on another rank"
 
 
-def join_ranks(hooks: Any, distributed: Any) -> RankSync | None:
+def join_ranks(hooks: TrainingHooks, distributed: Any) -> RankSync | None:
     """The run's synchroniser, or None when this process applies its own changes.
 
     distributed: "auto" (the default process group, when one with more than one rank is
@@ -81,7 +86,7 @@ def _initialised() -> Any:
     return dist
 
 
-def _warn_if_ranks(hooks: Any) -> None:
+def _warn_if_ranks(hooks: TrainingHooks) -> None:
     dist = _initialised()
     if dist is not None and dist.get_world_size() > 1:
         log.warning("mlprefs: run %s on rank %d of %d has distributed=False: each rank applies "
@@ -105,7 +110,7 @@ def decode_changes(data: Iterable[Iterable[list[Any]]]) -> list[ChangeSet]:
             for cs in data]
 
 
-def _snapshot(view: Any) -> dict[str, Any]:
+def _snapshot(view: View) -> dict[str, Any]:
     """Every value of a view with its source and the effective flags (ml.features.* gated)."""
     return {"values": dict(view.values),
             "sources": {key: _source(src) for key, src in view.sources.items()},
@@ -126,7 +131,7 @@ def _encode(message: Mapping[str, Any]) -> bytes:
 class RankSync:
     """One run's collectives: rank 0 sends, every rank applies, at the same global step."""
 
-    def __init__(self, hooks: Any, dist: Any, group: Any = None) -> None:
+    def __init__(self, hooks: TrainingHooks, dist: Any, group: Any = None) -> None:
         import torch  # a process group is up, so torch is loaded already
 
         self.hooks, self.group = hooks, group
@@ -141,7 +146,7 @@ class RankSync:
         self._device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         self._header = torch.zeros(1, dtype=torch.int64, device=self._device)
         self.every = 0  # steps between checks: rank 0's value, known from train start
-        self._sent: Any = None  # rank 0: the view whose values the other ranks hold
+        self._sent: View | None = None  # rank 0: the view whose values the other ranks hold
         self._warned: set[str] = set()
         # One run id: rank 0's. The other ranks keep their own rows under "<id>.rank<k>".
         base = self._exchange({"run_id": hooks.run_id} if self.leader else None)["run_id"]
@@ -204,6 +209,7 @@ class RankSync:
         if "changes" in received:
             batches = decode_changes(received["changes"])
             view = self._sent if self.leader else self._follow(received["snapshot"])
+            assert view is not None  # rank 0 set _sent when it sent these changes
             if not self.leader:
                 self._drop_local()
             self.hooks.apply_changes(batches, view)
@@ -245,7 +251,7 @@ class RankSync:
         self._dist.broadcast(buf, src=self._src, group=self.group)
         return data if self.leader else bytes(buf.cpu().tolist())
 
-    def _follow(self, snapshot: Mapping[str, Any]) -> Any:
+    def _follow(self, snapshot: Mapping[str, Any]) -> View:
         """Rank 0's view for this rank's driver; its client holds the same values."""
         values = snapshot["values"]
         sources = {key: Source(*src) for key, src in snapshot["sources"].items()}
@@ -254,7 +260,7 @@ class RankSync:
         return attrs.evolve(client.view, values=MappingProxyType(values),
                             sources=MappingProxyType(sources), enabled=dict(snapshot["enabled"]))
 
-    def _hold(self, client: Any, values: Mapping[str, Any], sources: Mapping[str, Source]) -> None:
+    def _hold(self, client: ClientHandle, values: Mapping[str, Any], sources: Mapping[str, Source]) -> None:
         """Put rank 0's values into this rank's client as a runtime layer that says so."""
         catalog = client.catalog
         entries = {key: Entry(value, Source("runtime", detail=f"rank 0: {sources[key]}"))

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .store import Store
     from .templates import Templates
     from .training import TrainingHooks
+    from .watch import Watcher
 
 __all__ = ["Client"]
 
@@ -78,7 +79,7 @@ class Client:
         self._catalog = _packaged_catalog().copy()
         self._events = Dispatcher()
         self._lock = threading.RLock()  # serialises rebuilds; get() never takes it
-        self._watcher: Any = None
+        self._watcher: Watcher | None = None
         self._closed = False
         self._sections: dict[str, Any] = {}
         self._services: dict[type, Any] = {}
@@ -462,7 +463,7 @@ class Client:
         return self
 
     @property
-    def watcher(self) -> Any:
+    def watcher(self) -> Watcher | None:
         """The hot-reload Watcher (paths, backend, alive), or None before watch()."""
         return self._watcher
 
@@ -487,7 +488,7 @@ class Client:
             self._store._lock = threading.RLock()
         self._events.renew_lock()
 
-    def forget_watcher(self, watcher: Any) -> None:
+    def forget_watcher(self, watcher: Watcher) -> None:
         """In a forked child: the parent's watcher thread is not here; watch() starts a new one."""
         if self._watcher is watcher:
             self._watcher = None

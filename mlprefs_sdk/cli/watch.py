@@ -66,6 +66,7 @@ def cmd_watch(ctx: Context) -> int:
     undo = _print_each_rejection_once()
     client.watch()
     watcher = client.watcher
+    assert watcher is not None  # watch() returned: it is armed
     shown = [show_path(p) for p in watcher.paths]
     out({"event": "watching", "time": _iso(datetime.now(UTC)),
          "backend": watcher.backend, "paths": watcher.paths},

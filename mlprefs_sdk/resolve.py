@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .catalog import Catalog, InvalidValue, KeySpec
+from .catalog import Catalog, InvalidValueError, KeySpec
 from .layers import Entry, Layer
 from .rules import check_rules
 from .values import Explanation, LayerValue, Problem, Source, format_value
@@ -46,7 +46,7 @@ class View:
                 continue
             try:
                 value = spec.check(entry.value, from_string=entry.from_string)
-            except InvalidValue:
+            except InvalidValueError:
                 value = entry.value
             chain.append(LayerValue(layer.name, value, entry.source))
         return Explanation(key, self.values[key], self.sources[key], tuple(chain),
@@ -135,7 +135,7 @@ def _checked(spec: KeySpec, entry: Entry, problems: list[Problem]) -> Any:
     """The entry's value typed for its key, or _INVALID with the problem recorded."""
     try:
         return spec.check(entry.value, from_string=entry.from_string)
-    except InvalidValue as e:
+    except InvalidValueError as e:
         problems.append(Problem.for_value(spec.key, e.value, entry.source, e.reason, e.rule))
         return _INVALID
 

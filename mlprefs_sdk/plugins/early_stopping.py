@@ -17,9 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import MlprefsError
+from ..errors import MetricNotFoundError, MlprefsError
 from ..hookspecs import hookimpl
-from ..training import MetricNotFoundError
 
 __all__ = ["best", "capture_weights", "restore_weights"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import logging
 import math
@@ -130,7 +131,7 @@ class KeySpec:
     def build(
         cls,
         key: str,
-        type: type | str,
+        type: builtins.type | str,
         default: Any,
         *,
         description: str = "",

@@ -117,7 +117,8 @@ def add_key(view: View, catalog: Catalog, layers: Sequence[Layer],
         checked = entry.value if layer.trusted else _checked(spec, entry, problems)
         if checked is not _INVALID:
             value, source = checked, entry.source
-    values, sources = view.values.copy(), view.sources.copy()  # dict copies, C speed
+    assert source is not None, key  # the defaults layer sets every registered key
+    values, sources = dict(view.values), dict(view.sources)  # dict copies, C speed
     values[key], sources[key] = value, source
     enabled = view.enabled
     if type(value) is bool:

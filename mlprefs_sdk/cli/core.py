@@ -211,7 +211,7 @@ def cmd_explain(ctx: Any) -> None:
 def cmd_validate(ctx: Any) -> int:
     from ..catalog import Catalog
     from ..client import _packaged_catalog
-    from ..errors import ValidationError
+    from ..errors import ValidationError, cap_lines
     from ..layers import defaults_layer, file_layer
     from ..resolve import resolve
 
@@ -235,7 +235,10 @@ def cmd_validate(ctx: Any) -> int:
                             "path": p.source.path if p.source else None,
                             "line": p.source.line if p.source else None} for p in problems],
               "warnings": [w.message for w in warnings]},
-             "\n".join([*(f"error: {p}" for p in problems), *(f"warning: {w}" for w in warnings),
+             "\n".join([*cap_lines([f"error: {p}" for p in problems],
+                                  more="problems (--json lists every one)"),
+                        *cap_lines([f"warning: {w}" for w in warnings],
+                                   more="warnings (--json lists every one)"),
                         "ok" if not problems else f"{len(problems)} problem(s)"]))
     return 1 if problems else 0
 

@@ -19,6 +19,7 @@ answered from the Client's cached view throughout.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ import re
 import threading
 import time
 import zlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql as pgsql
@@ -36,6 +37,7 @@ from ._migrations import MIGRATIONS
 from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
 from .errors import StoreError
 from .store import SQLiteStore, lock_timeout
+from .values import HistoryEntry
 
 __all__ = ["PostgresStore", "redact"]
 
@@ -79,8 +81,7 @@ class PostgresStore:
 
     # The preference, history and template SQL is portable: SQLiteStore's methods run here
     # unchanged through query() and transaction().
-    scope_values = SQLiteStore.scope_values
-    write = SQLiteStore.write
+    _write_rows = SQLiteStore._write_rows
     history = SQLiteStore.history
     history_entry = SQLiteStore.history_entry
     saved_templates = SQLiteStore.saved_templates
@@ -93,6 +94,7 @@ class PostgresStore:
         self._lock = threading.RLock()        # the read connection
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
+        self._held: set[tuple[str, str]] | None = None  # scopes locked by write(), inside it
         self._conn: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
         self._pid = -1
@@ -122,13 +124,17 @@ class PostgresStore:
             self.schema = schema
             self.channel = f"mlprefs:{schema}"[:63]
             lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
-            # Two statements in one round trip each (no parameters: psycopg then allows it).
             self.lock_id = lock_id
             wait_ms = max(1, round(self.timeout * 1000))
-            self._begin_locked = (f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; "
-                                  f"SELECT pg_advisory_xact_lock({lock_id})")
-            self._notify_commit = pgsql.SQL("SELECT pg_notify({}, 'commit'); COMMIT").format(
-                pgsql.Literal(self.channel))
+            # Several statements in one round trip each (no parameters: psycopg then allows it).
+            self._begin = f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; "
+            # The notification goes out in a transaction of its own after the durable commit,
+            # without waiting for its own flush: NOTIFY inside the write transaction would hold
+            # the server's notify-queue lock across that transaction's WAL flush, and so
+            # serialise every writer's commit (no group commit).
+            self._commit_notify = pgsql.SQL(
+                "COMMIT; BEGIN; SET LOCAL synchronous_commit = off; "
+                "SELECT pg_notify({}, 'commit'); COMMIT").format(pgsql.Literal(self.channel))
             self._conn, self._pid = conn, os.getpid()
             self.backend_pid = conn.info.backend_pid  # our own notifications come from it
             self._migrate()
@@ -217,13 +223,19 @@ class PostgresStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PgConnection]:
         """A write transaction holding the store's write lock, so concurrent writers queue."""
+        with self._transaction(((self.lock_id, "x"),)) as db:
+            yield db
+
+    @contextlib.contextmanager
+    def _transaction(self, locks: Sequence[tuple[int, str]]) -> Iterator[PgConnection]:
+        """A write transaction that first takes `locks` ((advisory key, "x" or "s"), in order)."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._write_lock:
             if self._writer is not None:
                 raise StoreError(f"{self.shown}: a write transaction is already open on this "
                                  f"thread; transactions do not nest")
-            conn = self._begin()
+            conn = self._begin_with(locks)
             db = PgConnection(conn, psycopg.Error, self._error)
             self._writer = threading.get_ident()
             try:
@@ -232,22 +244,87 @@ class PostgresStore:
                 except BaseException:
                     self._rollback(conn)
                     raise
-                try:  # the NOTIFY reaches every listener when, and only if, we commit
-                    conn.execute(self._notify_commit if db.wrote else "COMMIT")
-                except psycopg.Error as e:
-                    raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
-                                     f"connection dropped, the write may or may not be stored: "
-                                     f"check the history") from e
+                self._commit(conn, db.wrote)
             finally:
                 self._writer = None
+                self._held = None
 
-    def _begin(self) -> psycopg.Connection:
-        """BEGIN and take the write lock; a connection found dead here is replaced once."""
+    def _commit(self, conn: psycopg.Connection, wrote: bool) -> None:
+        """COMMIT; after a write, notify the other clients once it is durable (one round trip)."""
+        try:
+            conn.execute(self._commit_notify if wrote else "COMMIT")
+        except psycopg.Error as e:
+            if wrote and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                # The COMMIT went through; the notification after it did not.
+                self._rollback(conn)
+                log.warning("mlprefs: %s: committed, but the change notification failed (%s); "
+                            "other clients see the change at their next re-read",
+                            self.shown, _say(e))
+                return
+            raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
+                             f"connection dropped, the write may or may not be stored: "
+                             f"check the history") from e
+
+    def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
+              reason: str | None = None, run_id: str | None = None,
+              step: int | None = None,
+              check: Callable[[], None] | None = None) -> list[HistoryEntry]:
+        """SQLiteStore.write, with locks as narrow as the Client's validation allows.
+
+        The store's lock is taken shared (a services' transaction() takes it exclusive), and
+        the written scope's own lock exclusive, so writers to different scopes commit in
+        parallel. `check` reads other scopes through scope_values(), which takes their locks
+        shared without waiting: a scope another writer holds means the two writes may together
+        break a rule, so this one rolls back and starts again, this time taking every lock it
+        needs up front in one global order (which cannot deadlock), and validates against
+        what the other committed.
+        """
+        own = (scope, scope_id)
+        needs: dict[tuple[str, str], str] = {own: "x"}
+        for _attempt in range(5):
+            upfront = len(needs) > 1
+            locks = [(self.lock_id, "s")] + sorted(
+                (self._scope_lock(*k), mode) for k, mode in needs.items())
+            try:
+                with self._transaction(locks) as db:
+                    self._held = set(needs) if upfront else {own}
+                    return self._write_rows(db, scope, scope_id, changes, actor,
+                                            (reason, run_id, step), check)
+            except _Busy as busy:
+                needs.setdefault(busy.scope, "s")
+        with self._transaction(((self.lock_id, "x"),)) as db:  # give up being clever
+            self._held = _ALL
+            return self._write_rows(db, scope, scope_id, changes, actor,
+                                    (reason, run_id, step), check)
+
+    def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]:
+        """A scope's stored values; inside write(), under that scope's lock (see write())."""
+        held = self._held
+        if held is not None and held is not _ALL and (scope, scope_id) not in held \
+                and self._writer == threading.get_ident():
+            (got,) = self.query("SELECT pg_try_advisory_xact_lock_shared(?)",
+                                (self._scope_lock(scope, scope_id),))[0]
+            if not got:
+                raise _Busy((scope, scope_id))
+            held.add((scope, scope_id))
+        return SQLiteStore.scope_values(self, scope, scope_id)  # type: ignore[arg-type]
+
+    def _scope_lock(self, scope: str, scope_id: str) -> int:
+        """The advisory lock key of one scope of this store (64 bits of a hash)."""
+        digest = hashlib.blake2b(f"{self.schema}\0{scope}\0{scope_id}".encode(),
+                                 digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def _begin_with(self, locks: Sequence[tuple[int, str]]) -> psycopg.Connection:
+        """BEGIN and take the locks; a connection found dead here is replaced once."""
+        statement = self._begin + "; ".join(
+            f"SELECT pg_advisory_xact_lock{'_shared' if mode == 's' else ''}({key})"
+            for key, mode in locks)
         for attempt in (1, 2):
             conn = self.conn
             start = time.monotonic()
             try:
-                conn.execute(self._begin_locked)  # one round trip
+                conn.execute(statement)  # one round trip
                 return conn
             except psycopg.errors.LockNotAvailable:
                 waited = time.monotonic() - start
@@ -255,7 +332,8 @@ class PostgresStore:
                 raise StoreError(
                     f"{self.shown}: gave up waiting for the write lock after {waited:.1f} s "
                     f"(budget {self.timeout:g} s, MLPREFS_LOCK_TIMEOUT); it is held by "
-                    f"{self._lock_holder()}; nothing was changed") from None
+                    f"{self._lock_holder([key for key, _ in locks])}; nothing was changed"
+                ) from None
             except psycopg.OperationalError as e:
                 self._rollback(conn)
                 if attempt == 2 or not conn.closed:
@@ -263,8 +341,8 @@ class PostgresStore:
                 log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown, _say(e))
         raise AssertionError("unreachable")
 
-    def _lock_holder(self) -> str:
-        """The session holding the store's advisory lock, from pg_locks, if it can be read."""
+    def _lock_holder(self, keys: Sequence[int]) -> str:
+        """A session holding one of the advisory locks, from pg_locks, if it can be read."""
         try:
             with self._lock:
                 row = self.reader.execute(
@@ -272,8 +350,10 @@ class PostgresStore:
                     "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float "
                     "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND "
-                    "((l.classid::bigint << 32) | l.objid::bigint) = %s",
-                    [self.lock_id]).fetchone()
+                    "l.pid <> pg_backend_pid() AND l.pid <> %s AND "
+                    "((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s) "
+                    "ORDER BY a.xact_start LIMIT 1",
+                    [self.backend_pid, list(keys)]).fetchone()
         except psycopg.Error as e:
             return f"another session (unknown which: {_say(e)})"
         if row is None:
@@ -359,6 +439,17 @@ class PostgresStore:
     def _notify(self, payload: str) -> None:
         with self._lock:
             self.reader.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
+
+
+class _Busy(Exception):
+    """Inside write(): another writer holds a scope the validation reads; start again."""
+
+    def __init__(self, scope: tuple[str, str]) -> None:
+        super().__init__(f"scope {scope} is being written")
+        self.scope = scope
+
+
+_ALL: set[tuple[str, str]] = set()  # write() under the store's exclusive lock: all is held
 
 
 class _Listener(threading.Thread):

@@ -357,35 +357,44 @@ class SQLiteStore:
         held, no other writer's) and raises to roll everything back. That is how the Client
         validates cross-key rules against the store as it is, not as it last read it.
         """
+        with self.transaction() as db:
+            return self._write_rows(db, scope, scope_id, changes, actor,
+                                    (reason, run_id, step), check)
+
+    def _write_rows(self, db: Any, scope: str, scope_id: str,
+                    changes: Sequence[tuple[str, Any]], actor: str,
+                    why: tuple[str | None, str | None, int | None],
+                    check: Callable[[], None] | None) -> list[HistoryEntry]:
+        """The body of write(), inside the backend's transaction (shared by both backends)."""
+        reason, run_id, step = why
         now = time.time()
         entries = []
-        with self.transaction() as db:
-            for key, new in changes:
-                row = db.execute("SELECT value FROM prefs WHERE scope = ? AND scope_id = ? "
-                                 "AND key = ?", (scope, scope_id, key)).fetchone()
-                old_text = row[0] if row else None
-                if new is UNSET:
-                    if row is None:
-                        continue
-                    db.execute("DELETE FROM prefs WHERE scope = ? AND scope_id = ? AND key = ?",
-                               (scope, scope_id, key))
-                    new_text = None
-                else:
-                    new_text = _dump(new)
-                    db.execute(
-                        "INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE "
-                        "SET value = excluded.value, updated_at = excluded.updated_at, "
-                        "actor = excluded.actor", (scope, scope_id, key, new_text, now, actor))
-                (entry_id,) = db.execute(
-                    "INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, "
-                    "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (scope, scope_id, key, old_text, new_text, now, actor, reason, run_id, step),
-                ).fetchone()
-                entries.append(HistoryEntry(entry_id, scope, key, _load(old_text),
-                                            _load(new_text), now, actor, reason, scope_id))
-            if check is not None:
-                check()
+        for key, new in changes:
+            row = db.execute("SELECT value FROM prefs WHERE scope = ? AND scope_id = ? "
+                             "AND key = ?", (scope, scope_id, key)).fetchone()
+            old_text = row[0] if row else None
+            if new is UNSET:
+                if row is None:
+                    continue
+                db.execute("DELETE FROM prefs WHERE scope = ? AND scope_id = ? AND key = ?",
+                           (scope, scope_id, key))
+                new_text = None
+            else:
+                new_text = _dump(new)
+                db.execute(
+                    "INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE "
+                    "SET value = excluded.value, updated_at = excluded.updated_at, "
+                    "actor = excluded.actor", (scope, scope_id, key, new_text, now, actor))
+            (entry_id,) = db.execute(
+                "INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, "
+                "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (scope, scope_id, key, old_text, new_text, now, actor, reason, run_id, step),
+            ).fetchone()
+            entries.append(HistoryEntry(entry_id, scope, key, _load(old_text),
+                                        _load(new_text), now, actor, reason, scope_id))
+        if check is not None:
+            check()
         return entries
 
     def history(self, key: str | None = None, scope: str | None = None,

@@ -269,3 +269,52 @@ def test_writers_in_several_processes_lose_nothing(store_url, tmp_path):
         assert [e.old for e in shared[:-1]] == [e.new for e in shared[1:]]  # an unbroken chain
     finally:
         store.close()
+
+
+# One half of a pair that breaks memory-per-worker only together (8 workers need 2048 MB).
+# The validation's first read of the store waits until both processes are inside their
+# write transactions, so the two writes overlap whatever locking the backend uses (with a
+# store-wide lock the second never gets in, and the wait just runs out).
+HALF = """
+import os, sys, time
+from mlprefs_sdk import Client, ValidationError
+
+half, url, go = sys.argv[1], sys.argv[2], sys.argv[3]
+scope, key, value = {"project": ("project", "ml.performance.parallel_workers", 8),
+                     "user": ("user", "ml.performance.memory_limit_mb", 1024)}[half]
+with Client(store=url, user="alice", project="churn", discover=False) as prefs:
+    store, read = prefs.store, prefs.store.scope_values
+    def scope_values(*args):
+        if not os.path.exists(f"{go}.in.{half}"):
+            open(f"{go}.in.{half}", "w").close()
+            deadline = time.monotonic() + 2
+            while len([p for p in os.listdir(os.path.dirname(go)) if ".in." in p]) < 2 \\
+                    and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return read(*args)
+    store.scope_values = scope_values
+    open(f"{go}.ready{half}", "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    try:
+        prefs.set(key, value, scope=scope)
+        print("stored")
+    except ValidationError as e:
+        print("refused", e.problems[0].rule)
+"""
+
+
+def test_two_writers_of_the_two_halves_of_a_broken_pair_do_not_both_succeed(
+        store_url, tmp_path):
+    results = run_together([[HALF, half, store_url] for half in ("project", "user")],
+                           tmp_path / "go")
+    for code, _out, err in results:
+        assert code == 0, err
+    assert sorted(out.split()[0] for _, out, _ in results) == ["refused", "stored"]
+    assert "memory-per-worker" in "".join(out for _, out, _ in results)
+    store = open_store(store_url)
+    try:
+        stored = {**store.scope_values("user", "alice"), **store.scope_values("project", "churn")}
+    finally:
+        store.close()
+    assert len(stored) == 1  # one half, never both

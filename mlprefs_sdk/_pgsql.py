@@ -127,6 +127,14 @@ class PgConnection:
         except self._errors as e:
             raise self._on_error(sql, e) from e
 
+    def execute_native(self, sql: str, params: Any) -> PgCursor:
+        """A statement already in PostgreSQL's spelling (psycopg placeholders), as is."""
+        self.wrote = True
+        try:
+            return PgCursor(self.raw.execute(sql, params))
+        except self._errors as e:
+            raise self._on_error(sql, e) from e
+
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> PgCursor:
         text = translate(sql)
         self.wrote = True

@@ -162,6 +162,7 @@ class StoreProbe:
         self._fd = -1
         self._last: Any = None
         self._hot = self._ticks = 0
+        self._unsubscribe: Any = lambda: None
 
     def _wal_signature(self) -> Sig | None:
         if self._fd < 0:
@@ -175,7 +176,12 @@ class StoreProbe:
             return None
         return (st.st_mtime_ns, st.st_size)
 
+    def on_change(self, callback: Any) -> None:
+        """Have the store call `callback` the moment it hears of a change (until close())."""
+        self._unsubscribe = self._store.on_change(callback)
+
     def close(self) -> None:
+        self._unsubscribe()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

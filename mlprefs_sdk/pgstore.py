@@ -82,6 +82,18 @@ class PostgresStore:
     # The preference, history and template SQL is portable: SQLiteStore's methods run here
     # unchanged through query() and transaction().
     _write_rows = SQLiteStore._write_rows
+
+    @staticmethod
+    def _change_row(db: PgConnection, where: tuple[str, str, str], new_text: str | None,
+                    now: float, actor: str, why: tuple[str | None, str | None, int | None],
+                    ) -> tuple[int, str | None] | None:
+        """SQLiteStore._change_row in one statement, so one round trip: data-modifying CTEs
+        all see the rows as they were before the statement (the old value)."""
+        row = db.execute_native(_CHANGE_ROW, {
+            "scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
+            "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2],
+        }).fetchone()
+        return None if row is None else (row[0], row[1])
     history = SQLiteStore.history
     history_entry = SQLiteStore.history_entry
     saved_templates = SQLiteStore.saved_templates
@@ -99,6 +111,9 @@ class PostgresStore:
         self._reader: psycopg.Connection | None = None
         self._pid = -1
         self._listener: _Listener | None = None
+        self._wakers: list[Callable[[], None]] = []  # on_change() callbacks
+        self._waker: threading.Thread | None = None
+        self._closing = False
         self._connect()
 
     # -- connections --------------------------------------------------------------
@@ -127,14 +142,14 @@ class PostgresStore:
             self.lock_id = lock_id
             wait_ms = max(1, round(self.timeout * 1000))
             # Several statements in one round trip each (no parameters: psycopg then allows it).
-            self._begin = f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; "
+            self._begin = f"BEGIN; SELECT set_config('lock_timeout', '{wait_ms}', true)"
             # The notification goes out in a transaction of its own after the durable commit,
             # without waiting for its own flush: NOTIFY inside the write transaction would hold
             # the server's notify-queue lock across that transaction's WAL flush, and so
             # serialise every writer's commit (no group commit).
             self._commit_notify = pgsql.SQL(
-                "COMMIT; BEGIN; SET LOCAL synchronous_commit = off; "
-                "SELECT pg_notify({}, 'commit'); COMMIT").format(pgsql.Literal(self.channel))
+                "COMMIT; SELECT set_config('synchronous_commit', 'off', true), "
+                "pg_notify({}, 'commit')").format(pgsql.Literal(self.channel))
             self._conn, self._pid = conn, os.getpid()
             self.backend_pid = conn.info.backend_pid  # our own notifications come from it
             self._migrate()
@@ -157,6 +172,7 @@ class PostgresStore:
         """In a forked child: its own connections and listener, never the parent's sockets."""
         self._conn, self._reader, self._listener = None, None, None
         self._lock, self._write_lock, self._writer = threading.RLock(), threading.RLock(), None
+        self._wakers, self._waker = [], None  # the parent's callbacks and thread stay there
         self._connect()
         assert self._listener is not None
         self._listener.changed.set()  # the view the child inherited may predate its LISTEN
@@ -317,8 +333,8 @@ class PostgresStore:
 
     def _begin_with(self, locks: Sequence[tuple[int, str]]) -> psycopg.Connection:
         """BEGIN and take the locks; a connection found dead here is replaced once."""
-        statement = self._begin + "; ".join(
-            f"SELECT pg_advisory_xact_lock{'_shared' if mode == 's' else ''}({key})"
+        statement = self._begin + "".join(  # in order: one SELECT evaluates left to right
+            f", pg_advisory_xact_lock{'_shared' if mode == 's' else ''}({key})"
             for key, mode in locks)
         for attempt in (1, 2):
             conn = self.conn
@@ -406,6 +422,47 @@ class PostgresStore:
             return True
         return False
 
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` as soon as another client's commit is announced (LISTEN/NOTIFY),
+        rather than at the next poll of changed(); returns the function that unsubscribes it.
+
+        Callbacks run on a thread of the store's, one at a time; a burst of commits makes one
+        call. Each call consumes the changed() flag; a callback that raises is logged and the
+        flag is set again, so a poller re-reads.
+        """
+        if self._pid != os.getpid():
+            with self._lock:
+                self._after_fork()
+        with self._lock:
+            self._wakers.append(callback)
+            if self._waker is None:
+                self._waker = threading.Thread(target=self._wake_loop, daemon=True,
+                                               name=f"mlprefs-wake {self.channel}")
+                self._waker.start()
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                self._wakers.remove(callback)
+        return cancel
+
+    def _wake_loop(self) -> None:
+        while not self._closing:
+            listener = self._listener
+            if listener is None:
+                return
+            listener.woken.wait(HEARTBEAT_S)
+            listener.woken.clear()
+            callbacks = list(self._wakers)
+            if self._closing or not callbacks or not listener.changed.is_set():
+                continue
+            listener.changed.clear()
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # a poller of changed() tries again
+                    log.exception("mlprefs: %s: a change callback failed", self.shown)
+                    listener.changed.set()
+
     def health(self) -> dict[str, Any]:
         """Backend, round-trip latency and the notification channel's state (for doctor)."""
         with self._lock:
@@ -426,6 +483,12 @@ class PostgresStore:
                 "healthy": round_trip is not None}
 
     def close(self) -> None:
+        waker, self._closing = self._waker, True
+        if waker is not None and self._pid == os.getpid() and waker is not threading.current_thread():
+            listener = self._listener
+            if listener is not None:
+                listener.woken.set()
+            waker.join(HEARTBEAT_S + 1)
         with self._lock:
             listener, self._listener = self._listener, None
             mine = self._pid == os.getpid()
@@ -439,6 +502,23 @@ class PostgresStore:
     def _notify(self, payload: str) -> None:
         with self._lock:
             self.reader.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
+
+
+_CHANGE_ROW = """
+WITH old AS (SELECT value FROM prefs
+             WHERE scope = %(scope)s AND scope_id = %(scope_id)s AND key = %(key)s),
+put AS (INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor)
+        SELECT %(scope)s, %(scope_id)s, %(key)s, %(new)s::text, %(at)s, %(actor)s
+        WHERE %(new)s::text IS NOT NULL
+        ON CONFLICT (scope, scope_id, key) DO UPDATE SET value = excluded.value,
+            updated_at = excluded.updated_at, actor = excluded.actor),
+gone AS (DELETE FROM prefs WHERE %(new)s::text IS NULL AND scope = %(scope)s
+         AND scope_id = %(scope_id)s AND key = %(key)s)
+INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, run_id, step)
+SELECT %(scope)s, %(scope_id)s, %(key)s, (SELECT value FROM old), %(new)s::text, %(at)s,
+       %(actor)s, %(reason)s::text, %(run_id)s::text, %(step)s::bigint
+WHERE %(new)s::text IS NOT NULL OR EXISTS (SELECT 1 FROM old)
+RETURNING id, old"""
 
 
 class _Busy(Exception):
@@ -460,6 +540,7 @@ class _Listener(threading.Thread):
         self._store = store
         self.pid = os.getpid()
         self.changed = threading.Event()
+        self.woken = threading.Event()  # set with `changed`: wakes the store's on_change thread
         self.ready = threading.Event()
         self.connected = False
         self.reconnects = 0
@@ -484,6 +565,7 @@ class _Listener(threading.Thread):
                         log.warning("mlprefs: %s: notifications reconnected; re-reading the store",
                                     self._store.shown)
                     self.changed.set()  # commits made while we were not listening sent nothing
+                    self.woken.set()
                     self.ready.set()
                     self._serve(conn)
                 except psycopg.Error as e:
@@ -510,6 +592,7 @@ class _Listener(threading.Thread):
                     probe.set()
                 elif note.payload != WAKE and note.pid != self._store.backend_pid:
                     self.changed.set()  # our own commits are in the view already
+                    self.woken.set()
             if not got:
                 conn.execute("SELECT 1")  # a dead server or network surfaces here
 
@@ -533,4 +616,5 @@ class _Listener(threading.Thread):
                 conn.execute("SELECT pg_notify(%s, %s)", [self._store.channel, WAKE])
             except psycopg.Error as e:
                 log.debug("mlprefs: wake-up notification failed (%s)", e)
-        self.join(HEARTBEAT_S + 1)
+        if self is not threading.current_thread():
+            self.join(HEARTBEAT_S + 1)

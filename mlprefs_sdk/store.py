@@ -65,6 +65,7 @@ class Store(Protocol):
                 scope_id: str | None = None, limit: int = 100) -> list[HistoryEntry]: ...
     def history_entry(self, entry_id: int) -> HistoryEntry | None: ...
     def changed(self) -> bool: ...
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]: ...
     def transaction(self) -> contextlib.AbstractContextManager[Any]: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
     def close(self) -> None: ...
@@ -324,6 +325,10 @@ class SQLiteStore:
         finally:
             self._write_lock.release()
 
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """SQLite announces nothing: the watcher's tick polls changed(). Unsubscribing is a no-op."""
+        return lambda: None
+
     def health(self) -> dict[str, Any]:
         """Backend, round-trip latency and how other clients' changes arrive (for doctor)."""
         start = time.perf_counter()
@@ -370,32 +375,43 @@ class SQLiteStore:
         now = time.time()
         entries = []
         for key, new in changes:
-            row = db.execute("SELECT value FROM prefs WHERE scope = ? AND scope_id = ? "
-                             "AND key = ?", (scope, scope_id, key)).fetchone()
-            old_text = row[0] if row else None
-            if new is UNSET:
-                if row is None:
-                    continue
-                db.execute("DELETE FROM prefs WHERE scope = ? AND scope_id = ? AND key = ?",
-                           (scope, scope_id, key))
-                new_text = None
-            else:
-                new_text = _dump(new)
-                db.execute(
-                    "INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE "
-                    "SET value = excluded.value, updated_at = excluded.updated_at, "
-                    "actor = excluded.actor", (scope, scope_id, key, new_text, now, actor))
-            (entry_id,) = db.execute(
-                "INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, "
-                "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (scope, scope_id, key, old_text, new_text, now, actor, reason, run_id, step),
-            ).fetchone()
+            new_text = None if new is UNSET else _dump(new)
+            done = self._change_row(db, (scope, scope_id, key), new_text, now, actor,
+                                    (reason, run_id, step))
+            if done is None:  # unset a key that had no value: nothing to record
+                continue
+            entry_id, old_text = done
             entries.append(HistoryEntry(entry_id, scope, key, _load(old_text),
                                         _load(new_text), now, actor, reason, scope_id))
         if check is not None:
             check()
         return entries
+
+    @staticmethod
+    def _change_row(db: Any, where: tuple[str, str, str], new_text: str | None, now: float,
+                    actor: str, why: tuple[str | None, str | None, int | None],
+                    ) -> tuple[int, str | None] | None:
+        """Set (or, with None, delete) one stored value and add its history row: (history id,
+        old value), or None when there was nothing to delete. Three statements here; the
+        PostgreSQL store does it in one round trip."""
+        row = db.execute("SELECT value FROM prefs WHERE scope = ? AND scope_id = ? AND key = ?",
+                         where).fetchone()
+        old_text = row[0] if row else None
+        if new_text is None:
+            if row is None:
+                return None
+            db.execute("DELETE FROM prefs WHERE scope = ? AND scope_id = ? AND key = ?", where)
+        else:
+            db.execute(
+                "INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE "
+                "SET value = excluded.value, updated_at = excluded.updated_at, "
+                "actor = excluded.actor", (*where, new_text, now, actor))
+        (entry_id,) = db.execute(
+            "INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, "
+            "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (*where, old_text, new_text, now, actor, *why)).fetchone()
+        return entry_id, old_text
 
     def history(self, key: str | None = None, scope: str | None = None,
                 scope_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:

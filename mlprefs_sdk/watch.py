@@ -148,6 +148,11 @@ class Watcher:
 
     def _loop(self, store_moved: StoreProbe) -> None:
         stop, client = self._stop, self._client
+
+        def store_changed() -> None:
+            client._refresh(STORE_SLOTS, origin="a store write by another process")
+
+        store_moved.on_change(store_changed)  # a store that pushes changes calls it at once
         pending = True  # the first pass re-reads every file: edits made before arming count
         next_sweep = deadline = 0.0
         backoff = 0.0
@@ -167,7 +172,7 @@ class Watcher:
                     now = time.monotonic()
                     events = sum(f.observe(now) for f in self._polled) > 0
                 if store_moved():
-                    client._refresh(STORE_SLOTS, origin="a store write by another process")
+                    store_changed()
                 now = time.monotonic()
                 if events or pending or now >= next_sweep:
                     next_sweep = now + SWEEP_S

@@ -163,6 +163,8 @@ class StoreProbe:
         self._last: Any = None
         self._hot = self._ticks = 0
         self._unsubscribe: Any = lambda: None
+        if not self._off:
+            store.follow()  # a store that must start listening for other clients does so now
 
     def _wal_signature(self) -> Sig | None:
         if self._fd < 0:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0            # the listener pings its idle connection this often
 BACKOFF_S = (0.05, 2.0)      # first and longest wait between reconnection attempts
-READY_TIMEOUT_S = 10.0       # how long the constructor waits for LISTEN to be in place
+READY_TIMEOUT_S = 10.0       # twice how long follow() waits for LISTEN to be in place
 # Applied unless the URL says otherwise: a dead peer is noticed in seconds, not hours.
 CONNECT_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
                     "keepalives_interval": "2", "keepalives_count": "3",
@@ -111,6 +111,7 @@ class PostgresStore:
         self._reader: psycopg.Connection | None = None
         self._pid = -1
         self._listener: _Listener | None = None
+        self._following = False  # LISTENing: once follow() or changed() asked for it
         self._wakers: list[Callable[[], None]] = []  # on_change() callbacks
         self._waker: threading.Thread | None = None
         self._closing = False
@@ -157,16 +158,40 @@ class PostgresStore:
             self._conn = None
             conn.close()
             raise
-        if self._listener is None or self._listener.pid != self._pid:
-            self._listener = _Listener(self)
-            self._listener.start()
-            if self._listener.ready.wait(READY_TIMEOUT_S):
-                # What was committed before now, the caller's first read sees; only later
-                # commits are news. (A late first LISTEN leaves the flag set: read again.)
-                self._listener.changed.clear()
-            else:
-                log.warning("mlprefs: %s: no LISTEN connection yet; changes made elsewhere are "
-                            "picked up once it connects", self.shown)
+        if self._following and (self._listener is None or self._listener.pid != self._pid):
+            self._listen()
+
+    def _listen(self) -> None:
+        """Start the listener thread and wait (a while) for its LISTEN to be in place."""
+        self._listener = _Listener(self)
+        self._listener.start()
+        if self._listener.ready.wait(READY_TIMEOUT_S / 2):  # a watcher arms within 10 s
+            # What was committed before now, the caller's first read sees; only later
+            # commits are news. (A late first LISTEN leaves the flag set: read again.)
+            self._listener.changed.clear()
+        else:
+            log.warning("mlprefs: %s: no LISTEN connection yet; changes made elsewhere are "
+                        "picked up once it connects", self.shown)
+
+    def follow(self) -> None:
+        """Start hearing of other clients' commits (changed(), on_change()), if not yet.
+
+        A client that never watches never LISTENs: every commit would otherwise wake every
+        client of the store, a cost that grows with the square of the team. The first time,
+        changed() reports a change, since commits made before now were not heard.
+        """
+        if self._pid != os.getpid():
+            with self._lock:
+                self._after_fork()
+        self._start_following(report=True)
+
+    def _start_following(self, report: bool) -> None:
+        with self._lock:
+            if not self._following:
+                self._following = True
+                self._listen()
+                if report and self._listener is not None:
+                    self._listener.changed.set()
 
     def _after_fork(self) -> None:
         """In a forked child: its own connections and listener, never the parent's sockets."""
@@ -174,8 +199,8 @@ class PostgresStore:
         self._lock, self._write_lock, self._writer = threading.RLock(), threading.RLock(), None
         self._wakers, self._waker = [], None  # the parent's callbacks and thread stay there
         self._connect()
-        assert self._listener is not None
-        self._listener.changed.set()  # the view the child inherited may predate its LISTEN
+        if self._listener is not None:
+            self._listener.changed.set()  # the view the child inherited may predate its LISTEN
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -416,6 +441,8 @@ class PostgresStore:
         if self._pid != os.getpid():
             with self._lock:
                 self._after_fork()
+        if not self._following:  # commits from now on (follow() reports one at once)
+            self._start_following(report=False)
         listener = self._listener
         if listener is not None and listener.changed.is_set():
             listener.changed.clear()
@@ -433,6 +460,7 @@ class PostgresStore:
         if self._pid != os.getpid():
             with self._lock:
                 self._after_fork()
+        self.follow()
         with self._lock:
             self._wakers.append(callback)
             if self._waker is None:
@@ -469,6 +497,8 @@ class PostgresStore:
             start = time.perf_counter()
             self.query("SELECT 1")
             latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        if not self._following:
+            self._start_following(report=False)
         listener = self._listener
         connected = listener is not None and listener.connected
         round_trip = listener.probe(self) if listener is not None and connected else None

@@ -138,8 +138,8 @@ class Watcher:
             self._error = e
             self._armed.set()
             return
+        store_moved = StoreProbe(self._client._store)  # follows the store before start() returns
         self._armed.set()
-        store_moved = StoreProbe(self._client._store)
         try:
             self._loop(store_moved)
         finally:

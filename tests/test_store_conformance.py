@@ -318,3 +318,22 @@ def test_two_writers_of_the_two_halves_of_a_broken_pair_do_not_both_succeed(
     finally:
         store.close()
     assert len(stored) == 1  # one half, never both
+
+
+def test_many_rows_inserted_at_once_read_back_exactly(store_url):
+    """The bulk path (COPY on PostgreSQL) keeps NULLs, bools as 0/1, floats and text."""
+    store = open_store(store_url)
+    try:
+        rows = [("m", f"v{i}", None if i % 3 == 0 else i / 7, float(i), 1e9 + i)
+                for i in range(2500)]
+        with store.transaction() as db:
+            db.executemany("INSERT INTO monitor_samples (model, version, accuracy, latency_ms, "
+                           "at) VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO consent (subject, consented, opted_out, updated_at) "
+                           "VALUES (?, ?, ?, ?)", [("s1", True, False, 1.0), ("it's", False, True, 2.0)])
+        assert store.query("SELECT model, version, accuracy, latency_ms, at FROM monitor_samples "
+                           "ORDER BY id") == rows
+        assert store.query("SELECT subject, consented, opted_out FROM consent ORDER BY subject") \
+            == [("it's", 0, 1), ("s1", 1, 0)]
+    finally:
+        store.close()

@@ -153,12 +153,10 @@ class StoreProbe:
     SAFETY_TICKS = 10
 
     def __init__(self, store: Any) -> None:
-        from .store import SQLiteStore
-
         location = getattr(store, "location", "")
         self._store = store
         self._off = location == ":memory:"  # private to this connection: nobody else writes
-        self._wal = location + "-wal" if isinstance(store, SQLiteStore) else None
+        self._wal = store.change_file
         self._fd = -1
         self._last: Any = None
         self._hot = self._ticks = 0

@@ -491,6 +491,16 @@ class PostgresStore:
                     log.exception("mlprefs: %s: a change callback failed", self.shown)
                     listener.changed.set()
 
+    local_file = None    # a server: no file on this host
+    change_file = None   # changes are announced (follow(), on_change())
+
+    def integrity(self, limit: int = 20) -> list[str]:
+        """[]: the server checks its own pages (data checksums); nothing to report here."""
+        return []
+
+    def purge_erased(self) -> None:
+        """Nothing to do at once: erased rows' old versions are reclaimed by (auto)vacuum."""
+
     def health(self) -> dict[str, Any]:
         """Backend, round-trip latency and the notification channel's state (for doctor)."""
         with self._lock:

@@ -52,9 +52,25 @@ def lock_timeout() -> float:
 
 
 class Store(Protocol):
-    """What the Client and the services need from a backend."""
+    """What the Client, the services, the watcher and the CLI need from a backend.
+
+    Callers use only this: none asks which backend it has.
+    """
 
     location: str
+    shown: str  # the location as it may be shown: a URL without its password
+
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def local_file(self) -> str | None: ...  # the store's file on this host, if it is one
+    @property
+    def change_file(self) -> str | None: ...  # a file whose stat moves at every commit
+    def integrity(self, limit: int = 20) -> list[str]: ...
+    def health(self) -> dict[str, Any]: ...
+    def saved_templates(self) -> dict[str, dict[str, Any]]: ...
+    def save_template(self, name: str, values: dict[str, Any], actor: str) -> None: ...
+    def purge_erased(self) -> None: ...
 
     def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]: ...
     def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
@@ -98,7 +114,7 @@ class SQLiteStore:
     """
 
     def __init__(self, location: str, timeout: float | None = None) -> None:
-        self.location = location
+        self.location = self.shown = location
         self.timeout = lock_timeout() if timeout is None else timeout
         self._lock = threading.RLock()        # the read connection
         self._write_lock = threading.RLock()  # the write connection and its transaction
@@ -301,9 +317,32 @@ class SQLiteStore:
                                  if "locked" in str(e) else f"{self.location}: {e}") from None
             raise
 
+    @property
+    def local_file(self) -> str | None:
+        return None if self.location == ":memory:" else self.location
+
+    @property
+    def change_file(self) -> str | None:
+        """The -wal file: every commit writes it (the watcher stats it before asking)."""
+        return None if self.location == ":memory:" else self.location + "-wal"
+
     def integrity(self, limit: int = 20) -> list[str]:
-        """PRAGMA integrity_check: ["ok"], or up to `limit` problems (for doctor)."""
+        """PRAGMA integrity_check: ["ok"], or up to `limit` problems (for doctor); [] for an
+        in-memory store, which has no file to check."""
+        if self.location == ":memory:":
+            return []
         return integrity_check(self.location, limit)
+
+    def purge_erased(self) -> None:
+        """After an erasure: checkpoint and truncate the WAL, so erased rows' old page images
+        leave the disk too."""
+        if self.location == ":memory:":
+            return
+        busy, _, _ = self.query("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+        if busy:
+            log.warning("mlprefs: after an erasure the WAL of %s could not be truncated (another "
+                        "connection is reading); erased rows' old pages stay in it until the "
+                        "next checkpoint", self.location)
 
     def changed(self) -> bool:
         """True once after another connection committed (PRAGMA data_version, ~1.5 us).

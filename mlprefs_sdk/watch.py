@@ -370,10 +370,8 @@ class Watcher:
 
 def _store_dir(store: Any) -> str | None:
     """The directory of a local store file (None for :memory: and servers)."""
-    location = getattr(store, "location", "")
-    if not location or location == ":memory:" or "://" in location:
-        return None
-    return os.path.dirname(os.path.realpath(location))
+    location = store.local_file
+    return None if location is None else os.path.dirname(os.path.realpath(location))
 
 
 # -- fork hooks: registered once, the first time a watcher starts ------------------------

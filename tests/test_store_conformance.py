@@ -337,3 +337,22 @@ def test_many_rows_inserted_at_once_read_back_exactly(store_url):
             == [("it's", 0, 1), ("s1", 1, 0)]
     finally:
         store.close()
+
+
+def test_every_backend_offers_what_callers_use_without_asking_which_it_is(store_url):
+    """Doctor, the watcher, the privacy service and repr() use only the Store protocol."""
+    from mlprefs_sdk.store import Store
+
+    store = open_store(store_url)
+    try:
+        members = [m for m in vars(Store) if not m.startswith("_")] + ["location", "shown"]
+        assert [m for m in members if not hasattr(store, m)] == []
+        password = "://" in store_url and store_url.split("@")[0].rsplit(":", 1)[1]
+        assert not password or password not in store.shown
+        assert store.schema_version == len(MIGRATIONS)
+        assert store.integrity() in (["ok"], [])
+        assert store.health()["healthy"] is True
+        store.purge_erased()
+        assert (store.local_file is None) == ("://" in store_url)
+    finally:
+        store.close()

@@ -1,19 +1,30 @@
 """The store on PostgreSQL: one database that a team's machines share (extra "postgres").
 
-Same schema, migrations and semantics as SQLiteStore; the statements are SQLiteStore's own,
-translated by _pgsql. Writers: every write transaction first takes one transaction-scoped
-advisory lock for the store, PostgreSQL's counterpart of SQLite's BEGIN IMMEDIATE, so the
-Client's in-transaction validation and the services' read-then-write see no other writer and
-nothing is lost between hosts. A transaction that wrote NOTIFYs before it commits.
-A write waits for that lock at most its budget (lock_timeout, from MLPREFS_LOCK_TIMEOUT as for
-SQLite); reads have a connection of their own, so they never queue behind a waiting write, and
-a write that runs out of time is a StoreError naming the session that holds the lock.
+Same schema, migrations and semantics as SQLiteStore, and the same SQL (store.SharedSql); the
+dialect is explicit: column types in the migrations (_migrations.Dialect), the schema-version
+table, the locking statements, and one preference change as a single statement. The SQL the
+services hand over is spelled for SQLite; _pgsql maps its placeholders (and, in DDL, types).
 
-Changes: a listener thread holds its own connection, LISTENs on the store's channel and
-raises a flag that changed() reads, so the watcher's 10 ms tick is a local check, not a query.
-A lost listener connection reconnects with backoff and then reports a change, so the Client
-re-reads everything and misses nothing that was committed meanwhile; reads keep being
-answered from the Client's cached view throughout.
+Writers. A services' transaction() takes the store's advisory lock exclusive, PostgreSQL's
+counterpart of SQLite's BEGIN IMMEDIATE, so their read-then-write sees no other writer. A
+preference write() takes that lock shared and the written scope's lock exclusive, so writers
+to different scopes commit in parallel; the Client's validation, which reads the other scopes,
+takes their locks shared on the way (without waiting: a scope being written makes the write
+start again with every lock taken up front, in one order), so two writes that break a
+cross-key rule only together cannot both commit, and nothing is lost between hosts. A write
+waits for a lock at most its budget (lock_timeout, from MLPREFS_LOCK_TIMEOUT as for SQLite);
+reads have a connection of their own, so they never queue behind a waiting write, and a write
+that runs out of time is a StoreError naming the session that holds the lock.
+
+Changes. A write NOTIFYs after its durable commit, in a transaction of its own that does not
+wait for a flush (NOTIFY inside the write would serialise every writer's commit). A client
+that follows the store (a watcher, changed(), health()) has a listener thread on its own
+connection: it LISTENs on the store's channel, raises the flag changed() reads, and wakes the
+on_change() callbacks at once (the watcher re-reads the store then, not at its next tick).
+Clients that only write never LISTEN, so a commit does not wake the whole team. A lost
+listener connection reconnects with backoff and then reports a change, so the Client re-reads
+everything and misses nothing that was committed meanwhile; reads keep being answered from
+the Client's cached view throughout.
 """
 
 from __future__ import annotations
@@ -33,10 +44,10 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.adapt import Loader
 
-from ._migrations import MIGRATIONS
+from ._migrations import MIGRATIONS, migrate
 from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
 from .errors import StoreError
-from .store import SQLiteStore, lock_timeout
+from .store import SharedSql, lock_timeout
 from .values import HistoryEntry
 
 __all__ = ["PostgresStore", "redact"]
@@ -72,32 +83,24 @@ class _NumberLoader(Loader):
         return plain_number(bytes(data).decode())
 
 
-class PostgresStore:
+class PostgresStore(SharedSql):
     """A write connection, a read connection and a listener thread; all reopened after fork.
 
     As in SQLiteStore, `_write_lock` guards the write connection (and the wait for the
     store's advisory lock), `_lock` the read connection, which other threads use meanwhile.
     """
 
-    # The preference, history and template SQL is portable: SQLiteStore's methods run here
-    # unchanged through query() and transaction().
-    _write_rows = SQLiteStore._write_rows
-
     @staticmethod
     def _change_row(db: PgConnection, where: tuple[str, str, str], new_text: str | None,
                     now: float, actor: str, why: tuple[str | None, str | None, int | None],
                     ) -> tuple[int, str | None] | None:
-        """SQLiteStore._change_row in one statement, so one round trip: data-modifying CTEs
+        """SharedSql._change_row in one statement, so one round trip: data-modifying CTEs
         all see the rows as they were before the statement (the old value)."""
         row = db.execute_native(_CHANGE_ROW, {
             "scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
             "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2],
         }).fetchone()
         return None if row is None else (row[0], row[1])
-    history = SQLiteStore.history
-    history_entry = SQLiteStore.history_entry
-    saved_templates = SQLiteStore.saved_templates
-    save_template = SQLiteStore.save_template
 
     def __init__(self, location: str, timeout: float | None = None) -> None:
         self.location = location
@@ -227,35 +230,31 @@ class PostgresStore:
         if version > known:
             raise StoreError(f"{self.shown} has schema version {version}, newer than this "
                              f"mlprefs-sdk knows ({known}); upgrade mlprefs-sdk")
-        while version < known:
+
+        @contextlib.contextmanager
+        def transaction() -> Iterator[PgConnection]:
             with self.transaction() as db:
                 db.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version BIGINT NOT NULL)")
-                version = self._version()
-                if version == 0 and not db.execute(f"SELECT 1 FROM {VERSION_TABLE}").fetchone():
-                    db.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (0)")
-                if version < known:  # another process may have migrated meanwhile
-                    migration = MIGRATIONS[version]
-                    try:
-                        migration(db)
-                    except StoreError as e:
-                        raise StoreError(
-                            f"{self.shown}: schema migration {migration.__name__} failed "
-                            f"({_say(e.__cause__ or e)}); the store stays at schema version "
-                            f"{version}") from None
-                    version += 1
-                    db.execute(f"PRAGMA user_version = {version}")
+                db.execute(f"INSERT INTO {VERSION_TABLE} (version) SELECT 0 "
+                           f"WHERE NOT EXISTS (SELECT 1 FROM {VERSION_TABLE})")
+                yield db
+
+        migrate(self.shown, MIGRATIONS, self._version, transaction,
+                lambda db, n: db.execute(f"UPDATE {VERSION_TABLE} SET version = {int(n)}"),
+                lambda e: _say(e.__cause__ or e) if isinstance(e, StoreError) else None)
 
     def _version(self) -> int:
+        """The schema version: 0 before the version table exists (an empty schema)."""
         assert self._conn is not None
         exists = self._conn.execute("SELECT to_regclass(%s)", [VERSION_TABLE]).fetchone()[0]
         if exists is None:
             return 0
-        row = self._conn.execute(translate("PRAGMA user_version")).fetchone()
+        row = self._conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
         return row[0] if row else 0
 
     @property
     def schema_version(self) -> int:
-        return self.query("PRAGMA user_version")[0][0]
+        return self.query(f"SELECT version FROM {VERSION_TABLE}")[0][0]
 
     def _error(self, statement: str, e: Exception) -> StoreError:
         return StoreError(f"{self.shown}: {_say(e)} (in: {' '.join(statement.split())[:200]})")
@@ -310,7 +309,7 @@ class PostgresStore:
               reason: str | None = None, run_id: str | None = None,
               step: int | None = None,
               check: Callable[[], None] | None = None) -> list[HistoryEntry]:
-        """SQLiteStore.write, with locks as narrow as the Client's validation allows.
+        """SharedSql.write, with locks as narrow as the Client's validation allows.
 
         The store's lock is taken shared (a services' transaction() takes it exclusive), and
         the written scope's own lock exclusive, so writers to different scopes commit in
@@ -348,7 +347,7 @@ class PostgresStore:
             if not got:
                 raise _Busy((scope, scope_id))
             held.add((scope, scope_id))
-        return SQLiteStore.scope_values(self, scope, scope_id)  # type: ignore[arg-type]
+        return super().scope_values(scope, scope_id)
 
     def _scope_lock(self, scope: str, scope_id: str) -> int:
         """The advisory lock key of one scope of this store (64 bits of a hash)."""

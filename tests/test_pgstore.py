@@ -21,6 +21,7 @@ from pgtest import (SERVER, Cable, fresh_store_url, in_schema, require_server, r
 
 from mlprefs_sdk import Client, StoreError
 from mlprefs_sdk._pgsql import plain_number, translate
+from mlprefs_sdk.store import open_store
 
 BATCH = "ml.performance.batch_size"
 LR = "ml.training.learning_rate"
@@ -310,3 +311,20 @@ def test_a_set_that_cannot_get_the_lock_in_its_budget_names_the_holding_session(
     assert "gave up waiting for the write lock after 0." in message
     assert "it is held by server pid " in message and "(lock-holder, user " in message
     assert message.endswith("nothing was changed")
+
+
+def test_on_change_calls_back_once_another_client_commits_without_a_poll(url):
+    store = open_store(url)
+    with Client(store=url, user="alice") as writer:
+        called = threading.Event()
+        unsubscribe = store.on_change(called.set)
+        try:
+            writer.set(BATCH, 64)
+            assert called.wait(10)
+            called.clear()
+            store.write("user", "alice", [(BATCH, 65)], "alice")  # its own commit: no call
+            store.health()  # a NOTIFY round trip after that commit
+            assert not called.is_set()
+        finally:
+            unsubscribe()
+            store.close()

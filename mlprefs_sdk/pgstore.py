@@ -47,7 +47,7 @@ from psycopg.adapt import Loader
 from ._migrations import MIGRATIONS, migrate
 from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
 from .errors import StoreError
-from .store import SharedSql, lock_timeout
+from .store import UNSET, SharedSql, _dump, _load, lock_timeout
 from .values import HistoryEntry
 
 __all__ = ["PostgresStore", "redact"]
@@ -96,10 +96,7 @@ class PostgresStore(SharedSql):
                     ) -> tuple[int, str | None] | None:
         """SharedSql._change_row in one statement, so one round trip: data-modifying CTEs
         all see the rows as they were before the statement (the old value)."""
-        row = db.execute_native(_CHANGE_ROW, {
-            "scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
-            "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2],
-        }).fetchone()
+        row = db.execute_native(_CHANGE_ROW, _change(where, new_text, now, actor, why)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def __init__(self, location: str, timeout: float | None = None) -> None:
@@ -110,6 +107,8 @@ class PostgresStore(SharedSql):
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
         self._held: set[tuple[str, str]] | None = None  # scopes locked by write(), inside it
+        self._head: Any = None        # inside write(): the cursors queued with BEGIN
+        self._prefetched: tuple[tuple[str, str], list[tuple]] | None = None  # its scope's rows
         self._conn: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
         self._pid = -1
@@ -146,7 +145,7 @@ class PostgresStore(SharedSql):
             self.lock_id = lock_id
             wait_ms = max(1, round(self.timeout * 1000))
             # Several statements in one round trip each (no parameters: psycopg then allows it).
-            self._begin = f"BEGIN; SELECT set_config('lock_timeout', '{wait_ms}', true)"
+            self._begin = f"SELECT set_config('lock_timeout', '{wait_ms}', true)"
             # The notification goes out in a transaction of its own after the durable commit,
             # without waiting for its own flush: NOTIFY inside the write transaction would hold
             # the server's notify-queue lock across that transaction's WAL flush, and so
@@ -267,16 +266,20 @@ class PostgresStore(SharedSql):
             yield db
 
     @contextlib.contextmanager
-    def _transaction(self, locks: Sequence[tuple[int, str]]) -> Iterator[PgConnection]:
-        """A write transaction that first takes `locks` ((advisory key, "x" or "s"), in order)."""
+    def _transaction(self, locks: Sequence[tuple[int, str]],
+                     head: Callable[[psycopg.Connection], Any] | None = None,
+                     ) -> Iterator[PgConnection]:
+        """A write transaction that first takes `locks` ((advisory key, "x" or "s"), in order);
+        `head(conn)` queues statements in the same round trip (its result: self._head)."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._write_lock:
             if self._writer is not None:
                 raise StoreError(f"{self.shown}: a write transaction is already open on this "
                                  f"thread; transactions do not nest")
-            conn = self._begin_with(locks)
+            conn, self._head = self._begin_with(locks, head)
             db = PgConnection(conn, psycopg.Error, self._error)
+            db.wrote = head is not None
             self._writer = threading.get_ident()
             try:
                 try:
@@ -287,7 +290,7 @@ class PostgresStore(SharedSql):
                 self._commit(conn, db.wrote)
             finally:
                 self._writer = None
-                self._held = None
+                self._held = self._head = self._prefetched = None
 
     def _commit(self, conn: psycopg.Connection, wrote: bool) -> None:
         """COMMIT; after a write, notify the other clients once it is durable (one round trip)."""
@@ -320,16 +323,37 @@ class PostgresStore(SharedSql):
         what the other committed.
         """
         own = (scope, scope_id)
+        why = (reason, run_id, step)
+        now = time.time()
+        texts = [(key, None if new is UNSET else _dump(new)) for key, new in changes]
+
+        def head(conn: psycopg.Connection) -> tuple[list[Any], Any]:
+            """Queued behind BEGIN and the locks, in the same round trip: every change, and
+            the written scope as it then is (what `check` reads first)."""
+            cursors = [conn.execute(_CHANGE_ROW, _change((scope, scope_id, key), text, now,
+                                                         actor, why)) for key, text in texts]
+            return cursors, conn.execute(_SCOPE_ROWS, [scope, scope_id])
+
         needs: dict[tuple[str, str], str] = {own: "x"}
         for _attempt in range(5):
             upfront = len(needs) > 1
             locks = [(self.lock_id, "s")] + sorted(
                 (self._scope_lock(*k), mode) for k, mode in needs.items())
             try:
-                with self._transaction(locks) as db:
+                with self._transaction(locks, head):
                     self._held = set(needs) if upfront else {own}
-                    return self._write_rows(db, scope, scope_id, changes, actor,
-                                            (reason, run_id, step), check)
+                    cursors, rows = self._head
+                    entries = []
+                    for (key, text), cursor in zip(texts, cursors):
+                        done = cursor.fetchone()
+                        if done is not None:  # None: unset a key that had no value
+                            entries.append(HistoryEntry(done[0], scope, key, _load(done[1]),
+                                                        _load(text), now, actor, reason,
+                                                        scope_id))
+                    self._prefetched = (own, rows.fetchall())
+                    if check is not None:
+                        check()
+                    return entries
             except _Busy as busy:
                 needs.setdefault(busy.scope, "s")
         with self._transaction(((self.lock_id, "x"),)) as db:  # give up being clever
@@ -340,6 +364,9 @@ class PostgresStore(SharedSql):
     def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]:
         """A scope's stored values; inside write(), under that scope's lock (see write())."""
         held = self._held
+        if self._writer == threading.get_ident() and self._prefetched is not None \
+                and self._prefetched[0] == (scope, scope_id):
+            return {k: (_load(v), at, actor) for k, v, at, actor in self._prefetched[1]}
         if held is not None and held is not _ALL and (scope, scope_id) not in held \
                 and self._writer == threading.get_ident():
             (got,) = self.query("SELECT pg_try_advisory_xact_lock_shared(?)",
@@ -355,17 +382,26 @@ class PostgresStore(SharedSql):
                                  digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
-    def _begin_with(self, locks: Sequence[tuple[int, str]]) -> psycopg.Connection:
-        """BEGIN and take the locks; a connection found dead here is replaced once."""
-        statement = self._begin + "".join(  # in order: one SELECT evaluates left to right
+    def _begin_with(self, locks: Sequence[tuple[int, str]],
+                    head: Callable[[psycopg.Connection], Any] | None,
+                    ) -> tuple[psycopg.Connection, Any]:
+        """BEGIN and take the locks (and queue `head`), in one round trip; a connection found
+        dead here is replaced once."""
+        take = "".join(  # in order: one SELECT evaluates left to right
             f", pg_advisory_xact_lock{'_shared' if mode == 's' else ''}({key})"
             for key, mode in locks)
         for attempt in (1, 2):
             conn = self.conn
             start = time.monotonic()
             try:
-                conn.execute(statement)  # one round trip
-                return conn
+                if head is None:
+                    conn.execute(f"BEGIN; {self._begin}{take}")
+                    return conn, None
+                with conn.pipeline():  # extended protocol: one statement per execute
+                    conn.execute("BEGIN")
+                    conn.execute(self._begin + take)
+                    result = head(conn)
+                return conn, result
             except psycopg.errors.LockNotAvailable:
                 waited = time.monotonic() - start
                 self._rollback(conn)
@@ -379,6 +415,9 @@ class PostgresStore(SharedSql):
                 if attempt == 2 or not conn.closed:
                     raise StoreError(f"{self.shown}: could not start a write: {_say(e)}") from e
                 log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown, _say(e))
+            except psycopg.Error as e:  # a statement `head` queued
+                self._rollback(conn)
+                raise self._error("a preference write", e) from e
         raise AssertionError("unreachable")
 
     def _lock_holder(self, keys: Sequence[int]) -> str:
@@ -558,6 +597,16 @@ SELECT %(scope)s, %(scope_id)s, %(key)s, (SELECT value FROM old), %(new)s::text,
        %(actor)s, %(reason)s::text, %(run_id)s::text, %(step)s::bigint
 WHERE %(new)s::text IS NOT NULL OR EXISTS (SELECT 1 FROM old)
 RETURNING id, old"""
+
+
+_SCOPE_ROWS = "SELECT key, value, updated_at, actor FROM prefs WHERE scope = %s AND scope_id = %s"
+
+
+def _change(where: tuple[str, str, str], new_text: str | None, now: float, actor: str,
+            why: tuple[str | None, str | None, int | None]) -> dict[str, Any]:
+    """The parameters of _CHANGE_ROW."""
+    return {"scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
+            "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2]}
 
 
 class _Busy(Exception):

@@ -640,7 +640,7 @@ class _Listener(threading.Thread):
         delay = BACKOFF_S[0]
         while not self._halt.is_set():
             try:
-                conn = self._store._open("listen")
+                conn = self._store._open(f"listen {self._store.schema}")
             except StoreError as e:
                 log.warning("mlprefs: %s; retrying in %.2f s", e, delay)
             else:

@@ -328,3 +328,20 @@ def test_on_change_calls_back_once_another_client_commits_without_a_poll(url):
         finally:
             unsubscribe()
             store.close()
+
+
+def _listening_sessions(schema: str) -> int:
+    import psycopg
+
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            [f"mlprefs listen {schema}"]).fetchone()[0]
+
+
+def test_a_client_that_only_writes_never_listens_and_one_that_watches_does(url):
+    with Client(store=url, user="alice") as writer:
+        writer.set(BATCH, 64)
+        schema = writer.store.schema
+        assert _listening_sessions(schema) == 0  # its commits wake no one of its own
+        with Client(store=url, user="bob", watch=True):
+            assert _listening_sessions(schema) == 1

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0            # the listener pings its idle connection this often
 BACKOFF_S = (0.05, 2.0)      # first and longest wait between reconnection attempts
+PROBE_TIMEOUT_S = 2.0        # how long health() waits for its NOTIFY to come back
 READY_TIMEOUT_S = 10.0       # twice how long follow() waits for LISTEN to be in place
 # Applied unless the URL says otherwise: a dead peer is noticed in seconds, not hours.
 CONNECT_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
@@ -99,10 +100,10 @@ class PostgresStore(SharedSql):
         row = db.execute_native(_CHANGE_ROW, _change(where, new_text, now, actor, why)).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def __init__(self, location: str, timeout: float | None = None) -> None:
+    def __init__(self, location: str) -> None:
         self.location = location
         self.shown = redact(location)
-        self.timeout = lock_timeout() if timeout is None else timeout
+        self.timeout = lock_timeout()
         self._lock = threading.RLock()        # the read connection
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
@@ -532,7 +533,7 @@ class PostgresStore(SharedSql):
     local_file = None    # a server: no file on this host
     change_file = None   # changes are announced (follow(), on_change())
 
-    def integrity(self, limit: int = 20) -> list[str]:
+    def integrity(self) -> list[str]:
         """[]: the server checks its own pages (data checksums); nothing to report here."""
         return []
 
@@ -684,14 +685,14 @@ class _Listener(threading.Thread):
             if not got:
                 conn.execute("SELECT 1")  # a dead server or network surfaces here
 
-    def probe(self, store: PostgresStore, timeout: float = 2.0) -> float | None:
+    def probe(self, store: PostgresStore) -> float | None:
         """Milliseconds for a NOTIFY to come back through this listener; None if it did not."""
         token = f"probe {os.getpid()} {threading.get_ident()} {time.monotonic_ns()}"
         arrived = self._probes[token] = threading.Event()
         try:
             start = time.perf_counter()
             store._notify(token)
-            if arrived.wait(timeout):
+            if arrived.wait(PROBE_TIMEOUT_S):
                 return round((time.perf_counter() - start) * 1000, 3)
             return None
         finally:

@@ -66,7 +66,7 @@ class Store(Protocol):
     def local_file(self) -> str | None: ...  # the store's file on this host, if it is one
     @property
     def change_file(self) -> str | None: ...  # a file whose stat moves at every commit
-    def integrity(self, limit: int = 20) -> list[str]: ...
+    def integrity(self) -> list[str]: ...
     def health(self) -> dict[str, Any]: ...
     def saved_templates(self) -> dict[str, dict[str, Any]]: ...
     def save_template(self, name: str, values: dict[str, Any], actor: str) -> None: ...
@@ -223,9 +223,9 @@ class SQLiteStore(SharedSql):
     connection, so it sees its own pending rows.
     """
 
-    def __init__(self, location: str, timeout: float | None = None) -> None:
+    def __init__(self, location: str) -> None:
         self.location = self.shown = location
-        self.timeout = lock_timeout() if timeout is None else timeout
+        self.timeout = lock_timeout()
         self._lock = threading.RLock()        # the read connection
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
@@ -430,12 +430,12 @@ class SQLiteStore(SharedSql):
         """The -wal file: every commit writes it (the watcher stats it before asking)."""
         return None if self.location == ":memory:" else self.location + "-wal"
 
-    def integrity(self, limit: int = 20) -> list[str]:
-        """PRAGMA integrity_check: ["ok"], or up to `limit` problems (for doctor); [] for an
+    def integrity(self) -> list[str]:
+        """PRAGMA integrity_check: ["ok"], or up to 20 problems (for doctor); [] for an
         in-memory store, which has no file to check."""
         if self.location == ":memory:":
             return []
-        return integrity_check(self.location, limit)
+        return integrity_check(self.location)
 
     def purge_erased(self) -> None:
         """After an erasure: checkpoint and truncate the WAL, so erased rows' old page images

@@ -319,6 +319,8 @@ def test_on_change_calls_back_once_another_client_commits_without_a_poll(url):
         called = threading.Event()
         unsubscribe = store.on_change(called.set)
         try:
+            assert called.wait(10)  # at once: what was committed before it listened is unknown
+            called.clear()
             writer.set(BATCH, 64)
             assert called.wait(10)
             called.clear()

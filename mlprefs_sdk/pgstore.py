@@ -295,16 +295,9 @@ class PostgresStore(SharedSql):
 
     def _commit(self, conn: psycopg.Connection, wrote: bool) -> None:
         """COMMIT; after a write, notify the other clients once it is durable (one round trip)."""
-        try:
+        try:  # an error in the notification after a good COMMIT cannot be told apart
             conn.execute(self._commit_notify if wrote else "COMMIT")
         except psycopg.Error as e:
-            if wrote and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                # The COMMIT went through; the notification after it did not.
-                self._rollback(conn)
-                log.warning("mlprefs: %s: committed, but the change notification failed (%s); "
-                            "other clients see the change at their next re-read",
-                            self.shown, _say(e))
-                return
             raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
                              f"connection dropped, the write may or may not be stored: "
                              f"check the history") from e

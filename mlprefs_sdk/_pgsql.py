@@ -26,7 +26,7 @@ from ._migrations import POSTGRESQL, Dialect
 from .errors import StoreError
 
 __all__ = ["VERSION_TABLE", "translate", "PgConnection", "PgCursor", "plain_number", "is_read",
-           "plain_insert"]
+           "plain_insert", "change_params", "CHANGE_ROW", "SCOPE_ROWS"]
 
 VERSION_TABLE = "mlprefs_schema_version"
 _TYPES = {"INTEGER": POSTGRESQL.integer, "REAL": POSTGRESQL.real}
@@ -232,3 +232,32 @@ def plain_insert(sql: str) -> Any:
     return pgsql.SQL("COPY {} ({}) FROM STDIN").format(  # unquoted names are lower case
         pgsql.Identifier(table.lower()),
         pgsql.SQL(", ").join(pgsql.Identifier(n.lower()) for n in names))
+
+
+# -- the store's own statements, in PostgreSQL's spelling ------------------------------
+
+CHANGE_ROW = """
+WITH old AS (SELECT value FROM prefs
+             WHERE scope = %(scope)s AND scope_id = %(scope_id)s AND key = %(key)s),
+put AS (INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor)
+        SELECT %(scope)s, %(scope_id)s, %(key)s, %(new)s::text, %(at)s, %(actor)s
+        WHERE %(new)s::text IS NOT NULL
+        ON CONFLICT (scope, scope_id, key) DO UPDATE SET value = excluded.value,
+            updated_at = excluded.updated_at, actor = excluded.actor),
+gone AS (DELETE FROM prefs WHERE %(new)s::text IS NULL AND scope = %(scope)s
+         AND scope_id = %(scope_id)s AND key = %(key)s)
+INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, run_id, step)
+SELECT %(scope)s, %(scope_id)s, %(key)s, (SELECT value FROM old), %(new)s::text, %(at)s,
+       %(actor)s, %(reason)s::text, %(run_id)s::text, %(step)s::bigint
+WHERE %(new)s::text IS NOT NULL OR EXISTS (SELECT 1 FROM old)
+RETURNING id, old"""
+
+
+SCOPE_ROWS = "SELECT key, value, updated_at, actor FROM prefs WHERE scope = %s AND scope_id = %s"
+
+
+def change_params(where: tuple[str, str, str], new_text: str | None, now: float, actor: str,
+            why: tuple[str | None, str | None, int | None]) -> dict[str, Any]:
+    """The parameters of CHANGE_ROW."""
+    return {"scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
+            "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2]}

@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -45,7 +44,9 @@ from psycopg import sql as pgsql
 from psycopg.adapt import Loader
 
 from ._migrations import MIGRATIONS, migrate
-from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
+from ._pglisten import HEARTBEAT_S, Listener, say as _say
+from ._pgsql import (CHANGE_ROW, SCOPE_ROWS, VERSION_TABLE, PgConnection, change_params,
+                     is_read, plain_number, translate)
 from .errors import StoreError
 from .store import UNSET, SharedSql, _dump, _load, lock_timeout
 from .values import HistoryEntry
@@ -54,21 +55,11 @@ __all__ = ["PostgresStore", "redact"]
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2.0            # the listener pings its idle connection this often
-BACKOFF_S = (0.05, 2.0)      # first and longest wait between reconnection attempts
-PROBE_TIMEOUT_S = 2.0        # how long health() waits for its NOTIFY to come back
 READY_TIMEOUT_S = 10.0       # twice how long follow() waits for LISTEN to be in place
 # Applied unless the URL says otherwise: a dead peer is noticed in seconds, not hours.
 CONNECT_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
                     "keepalives_interval": "2", "keepalives_count": "3",
                     "tcp_user_timeout": "10000"}
-WAKE = "wake"                # payload close() sends so the listener stops at once
-
-
-def _say(e: BaseException) -> str:
-    """An error's message on one line: the server's primary message, else libpq's text."""
-    primary = getattr(getattr(e, "diag", None), "message_primary", None)
-    return primary or " ".join(str(e).split()) or type(e).__name__
 
 
 def redact(url: str) -> str:
@@ -97,7 +88,7 @@ class PostgresStore(SharedSql):
                     ) -> tuple[int, str | None] | None:
         """SharedSql._change_row in one statement, so one round trip: data-modifying CTEs
         all see the rows as they were before the statement (the old value)."""
-        row = db.execute_native(_CHANGE_ROW, _change(where, new_text, now, actor, why)).fetchone()
+        row = db.execute_native(CHANGE_ROW, change_params(where, new_text, now, actor, why)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def __init__(self, location: str) -> None:
@@ -113,7 +104,7 @@ class PostgresStore(SharedSql):
         self._conn: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
         self._pid = -1
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._following = False  # LISTENing: once follow() or changed() asked for it
         self._wakers: list[Callable[[], None]] = []  # on_change() callbacks
         self._waker: threading.Thread | None = None
@@ -121,7 +112,8 @@ class PostgresStore(SharedSql):
         self._connect()
 
     # -- connections --------------------------------------------------------------
-    def _open(self, role: str) -> psycopg.Connection:
+    def open_connection(self, role: str) -> psycopg.Connection:
+        """A new autocommit connection to the store, named "mlprefs <role>" on the server."""
         given = psycopg.conninfo.conninfo_to_dict(self.location)
         extra = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
         extra.setdefault("application_name", f"mlprefs {role}")
@@ -134,7 +126,7 @@ class PostgresStore(SharedSql):
 
     def _connect(self) -> None:
         """Open the main connection, migrate, and (first time in this process) start listening."""
-        conn = self._open("store")
+        conn = self.open_connection("store")
         try:
             schema = conn.execute("SELECT current_schema()").fetchone()[0]
             if schema is None:
@@ -166,7 +158,7 @@ class PostgresStore(SharedSql):
 
     def _listen(self) -> None:
         """Start the listener thread and wait (a while) for its LISTEN to be in place."""
-        self._listener = _Listener(self)
+        self._listener = Listener(self)
         self._listener.start()
         if self._listener.ready.wait(READY_TIMEOUT_S / 2):  # a watcher arms within 10 s
             # What was committed before now, the caller's first read sees; only later
@@ -221,7 +213,7 @@ class PostgresStore(SharedSql):
         if self._pid != os.getpid():
             self._after_fork()
         if self._reader is None or self._reader.closed:
-            self._reader = self._open("read")
+            self._reader = self.open_connection("read")
         return self._reader
 
     def _migrate(self) -> None:
@@ -324,9 +316,9 @@ class PostgresStore(SharedSql):
         def head(conn: psycopg.Connection) -> tuple[list[Any], Any]:
             """Queued behind BEGIN and the locks, in the same round trip: every change, and
             the written scope as it then is (what `check` reads first)."""
-            cursors = [conn.execute(_CHANGE_ROW, _change((scope, scope_id, key), text, now,
+            cursors = [conn.execute(CHANGE_ROW, change_params((scope, scope_id, key), text, now,
                                                          actor, why)) for key, text in texts]
-            return cursors, conn.execute(_SCOPE_ROWS, [scope, scope_id])
+            return cursors, conn.execute(SCOPE_ROWS, [scope, scope_id])
 
         needs: dict[tuple[str, str], str] = {own: "x"}
         for _attempt in range(5):
@@ -571,36 +563,10 @@ class PostgresStore(SharedSql):
                     conn.close()
             self._conn = self._reader = None
 
-    def _notify(self, payload: str) -> None:
+    def notify(self, payload: str) -> None:
+        """Send `payload` on the store's channel (health() probes the listener with it)."""
         with self._lock:
             self.reader.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
-
-
-_CHANGE_ROW = """
-WITH old AS (SELECT value FROM prefs
-             WHERE scope = %(scope)s AND scope_id = %(scope_id)s AND key = %(key)s),
-put AS (INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor)
-        SELECT %(scope)s, %(scope_id)s, %(key)s, %(new)s::text, %(at)s, %(actor)s
-        WHERE %(new)s::text IS NOT NULL
-        ON CONFLICT (scope, scope_id, key) DO UPDATE SET value = excluded.value,
-            updated_at = excluded.updated_at, actor = excluded.actor),
-gone AS (DELETE FROM prefs WHERE %(new)s::text IS NULL AND scope = %(scope)s
-         AND scope_id = %(scope_id)s AND key = %(key)s)
-INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, run_id, step)
-SELECT %(scope)s, %(scope_id)s, %(key)s, (SELECT value FROM old), %(new)s::text, %(at)s,
-       %(actor)s, %(reason)s::text, %(run_id)s::text, %(step)s::bigint
-WHERE %(new)s::text IS NOT NULL OR EXISTS (SELECT 1 FROM old)
-RETURNING id, old"""
-
-
-_SCOPE_ROWS = "SELECT key, value, updated_at, actor FROM prefs WHERE scope = %s AND scope_id = %s"
-
-
-def _change(where: tuple[str, str, str], new_text: str | None, now: float, actor: str,
-            why: tuple[str | None, str | None, int | None]) -> dict[str, Any]:
-    """The parameters of _CHANGE_ROW."""
-    return {"scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
-            "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2]}
 
 
 class _Busy(Exception):
@@ -612,91 +578,3 @@ class _Busy(Exception):
 
 
 _ALL: set[tuple[str, str]] = set()  # write() under the store's exclusive lock: all is held
-
-
-class _Listener(threading.Thread):
-    """LISTEN on the store's channel; reconnect with backoff; flag every change for changed()."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(name=f"mlprefs-listen {store.channel}", daemon=True)
-        self._store = store
-        self.pid = os.getpid()
-        self.changed = threading.Event()
-        self.woken = threading.Event()  # set with `changed`: wakes the store's on_change thread
-        self.ready = threading.Event()
-        self.connected = False
-        self.reconnects = 0
-        self.backend_pid = 0
-        self._halt = threading.Event()
-        self._probes: dict[str, threading.Event] = {}
-
-    def run(self) -> None:
-        delay = BACKOFF_S[0]
-        while not self._halt.is_set():
-            try:
-                conn = self._store._open(f"listen {self._store.schema}")
-            except StoreError as e:
-                log.warning("mlprefs: %s; retrying in %.2f s", e, delay)
-            else:
-                since = time.monotonic()
-                try:
-                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._store.channel)))
-                    self.backend_pid, self.connected = conn.info.backend_pid, True
-                    if self.ready.is_set():
-                        self.reconnects += 1
-                        log.warning("mlprefs: %s: notifications reconnected; re-reading the store",
-                                    self._store.shown)
-                    self.changed.set()  # commits made while we were not listening sent nothing
-                    self.woken.set()
-                    self.ready.set()
-                    self._serve(conn)
-                except psycopg.Error as e:
-                    if not self._halt.is_set():
-                        log.warning("mlprefs: %s: notification connection lost (%s); "
-                                    "reconnecting", self._store.shown, _say(e))
-                finally:
-                    self.connected = False
-                    conn.close()
-                if time.monotonic() - since > HEARTBEAT_S:  # it had been healthy: start over
-                    delay = BACKOFF_S[0]
-            self._halt.wait(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_S[1])
-
-    def _serve(self, conn: psycopg.Connection) -> None:
-        while not self._halt.is_set():
-            got = False
-            for note in conn.notifies(timeout=HEARTBEAT_S):
-                got = True
-                if self._halt.is_set():
-                    return
-                probe = self._probes.get(note.payload)
-                if probe is not None:
-                    probe.set()
-                elif note.payload != WAKE and note.pid != self._store.backend_pid:
-                    self.changed.set()  # our own commits are in the view already
-                    self.woken.set()
-            if not got:
-                conn.execute("SELECT 1")  # a dead server or network surfaces here
-
-    def probe(self, store: PostgresStore) -> float | None:
-        """Milliseconds for a NOTIFY to come back through this listener; None if it did not."""
-        token = f"probe {os.getpid()} {threading.get_ident()} {time.monotonic_ns()}"
-        arrived = self._probes[token] = threading.Event()
-        try:
-            start = time.perf_counter()
-            store._notify(token)
-            if arrived.wait(PROBE_TIMEOUT_S):
-                return round((time.perf_counter() - start) * 1000, 3)
-            return None
-        finally:
-            del self._probes[token]
-
-    def stop(self, conn: psycopg.Connection | None) -> None:
-        self._halt.set()
-        if conn is not None and not conn.closed:
-            try:  # wakes the listener now rather than at its next heartbeat
-                conn.execute("SELECT pg_notify(%s, %s)", [self._store.channel, WAKE])
-            except psycopg.Error as e:
-                log.debug("mlprefs: wake-up notification failed (%s)", e)
-        if self is not threading.current_thread():
-            self.join(HEARTBEAT_S + 1)

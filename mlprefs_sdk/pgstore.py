@@ -48,7 +48,8 @@ from ._pglisten import HEARTBEAT_S, Listener, say as _say
 from ._pgsql import (CHANGE_ROW, SCOPE_ROWS, VERSION_TABLE, PgConnection, change_params,
                      is_read, plain_number, translate)
 from .errors import StoreError
-from .store import UNSET, SharedSql, _dump, _load, lock_timeout
+from ._sharedsql import SharedSql, dump, load
+from .store import UNSET, lock_timeout
 from .values import HistoryEntry
 
 __all__ = ["PostgresStore", "redact"]
@@ -311,7 +312,7 @@ class PostgresStore(SharedSql):
         own = (scope, scope_id)
         why = (reason, run_id, step)
         now = time.time()
-        texts = [(key, None if new is UNSET else _dump(new)) for key, new in changes]
+        texts = [(key, None if new is UNSET else dump(new)) for key, new in changes]
 
         def head(conn: psycopg.Connection) -> tuple[list[Any], Any]:
             """Queued behind BEGIN and the locks, in the same round trip: every change, and
@@ -333,8 +334,8 @@ class PostgresStore(SharedSql):
                     for (key, text), cursor in zip(texts, cursors):
                         done = cursor.fetchone()
                         if done is not None:  # None: unset a key that had no value
-                            entries.append(HistoryEntry(done[0], scope, key, _load(done[1]),
-                                                        _load(text), now, actor, reason,
+                            entries.append(HistoryEntry(done[0], scope, key, load(done[1]),
+                                                        load(text), now, actor, reason,
                                                         scope_id))
                     self._prefetched = (own, rows.fetchall())
                     if check is not None:
@@ -352,7 +353,7 @@ class PostgresStore(SharedSql):
         held = self._held
         if self._writer == threading.get_ident() and self._prefetched is not None \
                 and self._prefetched[0] == (scope, scope_id):
-            return {k: (_load(v), at, actor) for k, v, at, actor in self._prefetched[1]}
+            return {k: (load(v), at, actor) for k, v, at, actor in self._prefetched[1]}
         if held is not None and held is not _ALL and (scope, scope_id) not in held \
                 and self._writer == threading.get_ident():
             (got,) = self.query("SELECT pg_try_advisory_xact_lock_shared(?)",

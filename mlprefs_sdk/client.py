@@ -514,7 +514,7 @@ class Client:
 
     def __repr__(self) -> str:
         return (f"<mlprefs Client user={self.user!r} project={self.project!r} "
-                f"store={getattr(self._store, 'shown', self.locations.store)!r} "  # no password
+                f"store={self._store.shown!r} "  # no password
                 f"keys={len(self._values)}>")
 
     # -- attached features --------------------------------------------------------

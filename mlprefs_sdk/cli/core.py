@@ -321,11 +321,11 @@ def cmd_doctor(ctx: Any) -> int:
     loc = client.locations
     store = client.store
     integrity, problems = "n/a", list[str]()
-    if hasattr(store, "integrity") and loc.store != ":memory:":
-        report = store.integrity()
+    report = store.integrity()  # [] where the backend has nothing to check
+    if report:
         integrity = "ok" if report == ["ok"] else "FAILED"
         problems = [] if report == ["ok"] else report
-    health = store.health() if hasattr(store, "health") else {}  # backend, latency, notifications
+    health = store.health()  # backend, latency, notifications
     versions = {"mlprefs-sdk": __version__, "python": platform.python_version(),
                 "sqlite": sqlite3.sqlite_version}
     for dist in ("attrs", "cattrs", "watchfiles", "platformdirs", "tomli-w", "pluggy"):
@@ -354,7 +354,7 @@ def cmd_doctor(ctx: Any) -> int:
         "versions": versions,
         "store": {"backend": type(store).__name__, "integrity": integrity,
                   "integrity_problems": problems,
-                  "schema_version": getattr(store, "schema_version", None), **health},
+                  "schema_version": store.schema_version, **health},
         "watcher_backend": backend,
         "admin_keys_not_locked": unpinned,
         "warnings": [w.message for w in client.warnings],

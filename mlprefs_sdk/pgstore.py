@@ -117,7 +117,7 @@ class PostgresStore(SharedSql):
     def open_connection(self, role: str) -> psycopg.Connection:
         """A new autocommit connection to the store, named "mlprefs <role>" on the server."""
         given = psycopg.conninfo.conninfo_to_dict(self.location)
-        extra = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+        extra: dict[str, Any] = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
         extra.setdefault("application_name", f"mlprefs {role}")
         try:
             conn = psycopg.connect(self.location, autocommit=True, **extra)
@@ -130,7 +130,7 @@ class PostgresStore(SharedSql):
         """Open the main connection, migrate, and (first time in this process) start listening."""
         conn = self.open_connection("store")
         try:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = _one(conn.execute("SELECT current_schema()").fetchone())
             if schema is None:
                 raise StoreError(f"{self.shown}: its search_path names no existing schema; "
                                  f"create the schema first")
@@ -240,7 +240,7 @@ class PostgresStore(SharedSql):
     def _version(self) -> int:
         """The schema version: 0 before the version table exists (an empty schema)."""
         assert self._conn is not None
-        exists = self._conn.execute("SELECT to_regclass(%s)", [VERSION_TABLE]).fetchone()[0]
+        exists = _one(self._conn.execute("SELECT to_regclass(%s)", [VERSION_TABLE]).fetchone())
         if exists is None:
             return 0
         row = self._conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
@@ -580,3 +580,9 @@ class _Busy(Exception):
 
 
 _ALL: set[tuple[str, str]] = set()  # write() under the store's exclusive lock: all is held
+
+
+def _one(row: tuple[Any, ...] | None) -> Any:
+    """The single column of a query that always returns one row."""
+    assert row is not None
+    return row[0]

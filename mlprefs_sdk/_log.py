@@ -33,7 +33,7 @@ class _FallbackHandler(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__()  # stream resolved at emit time: sys.stderr may be replaced later
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # StreamHandler's attribute, read live
         return sys.stderr
 
@@ -55,7 +55,7 @@ def _other_handlers(name: str, mine: logging.Handler) -> bool:
             return True
         if not logger.propagate:
             return False
-        logger = logger.parent  # type: ignore[assignment]
+        logger = logger.parent
     return False
 
 

@@ -159,15 +159,16 @@ class StoreProbe:
     SAFETY_TICKS = 10
 
     def __init__(self, store: Any) -> None:
-        from .store import SQLiteStore
-
         location = getattr(store, "location", "")
         self._store = store
         self._off = location == ":memory:"  # private to this connection: nobody else writes
-        self._wal = location + "-wal" if isinstance(store, SQLiteStore) else None
+        self._wal = store.change_file
         self._fd = -1
         self._last: Any = None
         self._hot = self._ticks = 0
+        self._unsubscribe: Any = lambda: None
+        if not self._off:
+            store.follow()  # a store that must start listening for other clients does so now
 
     def _wal_signature(self, wal: str) -> Sig | None:
         if self._fd < 0:
@@ -184,7 +185,12 @@ class StoreProbe:
             return None
         return (st.st_mtime_ns, st.st_size)
 
+    def on_change(self, callback: Any) -> None:
+        """Have the store call `callback` the moment it hears of a change (until close())."""
+        self._unsubscribe = self._store.on_change(callback)
+
     def close(self) -> None:
+        self._unsubscribe()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

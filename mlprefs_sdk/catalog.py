@@ -17,7 +17,7 @@ import attrs
 from .errors import MlprefsError, UnknownKeyError, ValidationError
 from .values import Problem
 
-__all__ = ["KeySpec", "Catalog", "InvalidValue", "KEY_PATTERN"]
+__all__ = ["KeySpec", "Catalog", "InvalidValueError", "KEY_PATTERN"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 
 
-class InvalidValue(ValidationError):
+class InvalidValueError(ValidationError):
     """One value breaks its own key's type or range; callers add where it came from."""
 
     def __init__(self, key: str, value: Any, reason: str, rule: str) -> None:
@@ -58,9 +58,9 @@ class KeySpec:
         return TYPE_NAMES[self.type]
 
     def check(self, value: Any, *, from_string: bool = False) -> Any:
-        """Return the value typed for this key, or raise InvalidValue naming the rule.
+        """Return the value typed for this key, or raise InvalidValueError naming the rule.
 
-        Any input either passes or raises InvalidValue (a ValidationError), nothing else.
+        Any input either passes or raises InvalidValueError (a ValidationError), nothing else.
         """
         typed = value
         if from_string and isinstance(value, str) and self.type is not str:
@@ -71,17 +71,17 @@ class KeySpec:
         shown = typed if typed is not value and isinstance(value, str) else value
         if self.choices is not None and typed not in self.choices:
             options = ", ".join(str(c) for c in self.choices)
-            raise InvalidValue(self.key, shown, f"is not one of the allowed values: {options}",
+            raise InvalidValueError(self.key, shown, f"is not one of the allowed values: {options}",
                                "choices")
         if self.nonempty and not typed.strip():
-            raise InvalidValue(self.key, shown, "must not be empty", "nonempty")
+            raise InvalidValueError(self.key, shown, "must not be empty", "nonempty")
         if self.type is int or self.type is float:
             if self.type is float and not math.isfinite(typed):
-                raise InvalidValue(self.key, shown, "is not a finite number", "type")
+                raise InvalidValueError(self.key, shown, "is not a finite number", "type")
             if self.min is not None and typed < self.min:
-                raise InvalidValue(self.key, shown, f"is below the minimum {self.min!r}", "min")
+                raise InvalidValueError(self.key, shown, f"is below the minimum {self.min!r}", "min")
             if self.max is not None and typed > self.max:
-                raise InvalidValue(self.key, shown, f"is above the maximum {self.max!r}", "max")
+                raise InvalidValueError(self.key, shown, f"is above the maximum {self.max!r}", "max")
         return typed
 
     def _typed(self, value: Any, original: Any) -> Any:
@@ -103,11 +103,11 @@ class KeySpec:
                 try:
                     return float(value)
                 except OverflowError:
-                    raise InvalidValue(self.key, original, "is too large for a float",
+                    raise InvalidValueError(self.key, original, "is too large for a float",
                                        "type") from None
         elif isinstance(value, str):
             return str(value)
-        raise InvalidValue(self.key, original,
+        raise InvalidValueError(self.key, original,
                            f"has type {type(value).__name__}, expected {self.type_name}", "type")
 
     def _parse(self, text: str) -> Any:
@@ -124,7 +124,7 @@ class KeySpec:
                 return int(s)
             return float(s)
         except ValueError:
-            raise InvalidValue(self.key, text, f"cannot be read as {self.type_name}",
+            raise InvalidValueError(self.key, text, f"cannot be read as {self.type_name}",
                                "type") from None
 
     @classmethod
@@ -168,7 +168,7 @@ class KeySpec:
         )
         try:
             return attrs.evolve(spec, default=spec.check(default))
-        except InvalidValue as e:
+        except InvalidValueError as e:
             raise ValueError(f"key {key!r}: default {default!r} {e.reason}") from None
 
 

@@ -14,7 +14,7 @@ import attrs
 
 from . import layers as L
 from ._log import ensure_visible
-from .catalog import Catalog, InvalidValue, KeySpec
+from .catalog import Catalog, InvalidValueError, KeySpec
 from .errors import ConfigFileError, LockedKeyError, MlprefsError, UnknownKeyError, ValidationError
 from .events import Dispatcher, Subscription
 from .locations import Locations, locate
@@ -238,7 +238,7 @@ class Client:
         for key, value in values.items():
             try:
                 typed.append((key, self._catalog[key].check(value, from_string=from_string)))
-            except InvalidValue as e:
+            except InvalidValueError as e:
                 problems.append(Problem.for_value(key, e.value, source, e.reason, e.rule))
         if problems:
             raise ValidationError(problems)
@@ -514,7 +514,7 @@ class Client:
 
     def __repr__(self) -> str:
         return (f"<mlprefs Client user={self.user!r} project={self.project!r} "
-                f"store={getattr(self._store, 'shown', self.locations.store)!r} "  # no password
+                f"store={self._store.shown!r} "  # no password
                 f"keys={len(self._values)}>")
 
     # -- attached features --------------------------------------------------------

@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "FeatureDisabledError",
     "PolicyError",
+    "MetricNotFoundError",
 ]
 
 
@@ -127,3 +128,18 @@ class FeatureDisabledError(MlprefsError, RuntimeError):
 
 class PolicyError(MlprefsError, PermissionError):
     """The data policy (or the policy file) forbids what was asked."""
+
+
+class MetricNotFoundError(MlprefsError, LookupError):
+    """The monitored metric is not among the metrics the framework reported."""
+
+    def __init__(self, metric: str, available: Any) -> None:
+        self.metric, self.available = metric, tuple(sorted(str(k) for k in available))
+        names = ", ".join(self.available) or "none"
+        super().__init__(
+            f"early stopping monitors {metric!r} (ml.training.early_stopping_metric), but the "
+            f"metrics reported are: {names}; set ml.training.early_stopping_metric to one of "
+            f"them, or set ml.training.early_stopping_enabled = false")
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,61 +1,67 @@
 """The store on PostgreSQL: one database that a team's machines share (extra "postgres").
 
-Same schema, migrations and semantics as SQLiteStore; the statements are SQLiteStore's own,
-translated by _pgsql. Writers: every write transaction first takes one transaction-scoped
-advisory lock for the store, PostgreSQL's counterpart of SQLite's BEGIN IMMEDIATE, so the
-Client's in-transaction validation and the services' read-then-write see no other writer and
-nothing is lost between hosts. A transaction that wrote NOTIFYs before it commits.
-A write waits for that lock at most its budget (lock_timeout, from MLPREFS_LOCK_TIMEOUT as for
-SQLite); reads have a connection of their own, so they never queue behind a waiting write, and
-a write that runs out of time is a StoreError naming the session that holds the lock.
+Same schema, migrations and semantics as SQLiteStore, and the same SQL (store.SharedSql); the
+dialect is explicit: column types in the migrations (_migrations.Dialect), the schema-version
+table, the locking statements, and one preference change as a single statement. The SQL the
+services hand over is spelled for SQLite; _pgsql maps its placeholders (and, in DDL, types).
 
-Changes: a listener thread holds its own connection, LISTENs on the store's channel and
-raises a flag that changed() reads, so the watcher's 10 ms tick is a local check, not a query.
-A lost listener connection reconnects with backoff and then reports a change, so the Client
-re-reads everything and misses nothing that was committed meanwhile; reads keep being
-answered from the Client's cached view throughout.
+Writers. A services' transaction() takes the store's advisory lock exclusive, PostgreSQL's
+counterpart of SQLite's BEGIN IMMEDIATE, so their read-then-write sees no other writer. A
+preference write() takes that lock shared and the written scope's lock exclusive, so writers
+to different scopes commit in parallel; the Client's validation, which reads the other scopes,
+takes their locks shared on the way (without waiting: a scope being written makes the write
+start again with every lock taken up front, in one order), so two writes that break a
+cross-key rule only together cannot both commit, and nothing is lost between hosts. A write
+waits for a lock at most its budget (lock_timeout, from MLPREFS_LOCK_TIMEOUT as for SQLite);
+reads have a connection of their own, so they never queue behind a waiting write, and a write
+that runs out of time is a StoreError naming the session that holds the lock.
+
+Changes. A write NOTIFYs after its durable commit, in a transaction of its own that does not
+wait for a flush (NOTIFY inside the write would serialise every writer's commit). A client
+that follows the store (a watcher, changed(), health()) has a listener thread on its own
+connection: it LISTENs on the store's channel, raises the flag changed() reads, and wakes the
+on_change() callbacks at once (the watcher re-reads the store then, not at its next tick).
+Clients that only write never LISTEN, so a commit does not wake the whole team. A lost
+listener connection reconnects with backoff and then reports a change, so the Client re-reads
+everything and misses nothing that was committed meanwhile; reads keep being answered from
+the Client's cached view throughout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
-import random
 import re
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.adapt import Loader
 
-from ._migrations import MIGRATIONS
-from ._pgsql import VERSION_TABLE, PgConnection, is_read, plain_number, translate
+from ._migrations import MIGRATIONS, migrate
+from ._pglisten import HEARTBEAT_S, Listener
+from ._pglisten import say as _say
+from ._pgsql import CHANGE_ROW, SCOPE_ROWS, VERSION_TABLE, PgConnection, change_params, is_read, plain_number, translate
+from ._sharedsql import SharedSql, dump, load
 from .errors import StoreError
-from .store import SQLiteStore, lock_timeout
+from .store import UNSET, lock_timeout
+from .values import HistoryEntry
 
 __all__ = ["PostgresStore", "redact"]
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2.0            # the listener pings its idle connection this often
-BACKOFF_S = (0.05, 2.0)      # first and longest wait between reconnection attempts
-READY_TIMEOUT_S = 10.0       # how long the constructor waits for LISTEN to be in place
+READY_TIMEOUT_S = 10.0       # twice how long follow() waits for LISTEN to be in place
 # Applied unless the URL says otherwise: a dead peer is noticed in seconds, not hours.
 CONNECT_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
                     "keepalives_interval": "2", "keepalives_count": "3",
                     "tcp_user_timeout": "10000"}
-WAKE = "wake"                # payload close() sends so the listener stops at once
-
-
-def _say(e: BaseException) -> str:
-    """An error's message on one line: the server's primary message, else libpq's text."""
-    primary = getattr(getattr(e, "diag", None), "message_primary", None)
-    return primary or " ".join(str(e).split()) or type(e).__name__
 
 
 def redact(url: str) -> str:
@@ -71,39 +77,47 @@ class _NumberLoader(Loader):
         return plain_number(bytes(data).decode())
 
 
-class PostgresStore:
+class PostgresStore(SharedSql):
     """A write connection, a read connection and a listener thread; all reopened after fork.
 
     As in SQLiteStore, `_write_lock` guards the write connection (and the wait for the
     store's advisory lock), `_lock` the read connection, which other threads use meanwhile.
     """
 
-    # The preference, history and template SQL is portable: SQLiteStore's methods run here
-    # unchanged through query() and transaction().
-    scope_values = SQLiteStore.scope_values
-    write = SQLiteStore.write
-    history = SQLiteStore.history
-    history_entry = SQLiteStore.history_entry
-    saved_templates = SQLiteStore.saved_templates
-    save_template = SQLiteStore.save_template
+    @staticmethod
+    def _change_row(db: PgConnection, where: tuple[str, str, str], new_text: str | None,
+                    now: float, actor: str, why: tuple[str | None, str | None, int | None],
+                    ) -> tuple[int, str | None] | None:
+        """SharedSql._change_row in one statement, so one round trip: data-modifying CTEs
+        all see the rows as they were before the statement (the old value)."""
+        row = db.execute_native(CHANGE_ROW, change_params(where, new_text, now, actor, why)).fetchone()
+        return None if row is None else (row[0], row[1])
 
-    def __init__(self, location: str, timeout: float | None = None) -> None:
+    def __init__(self, location: str) -> None:
         self.location = location
         self.shown = redact(location)
-        self.timeout = lock_timeout() if timeout is None else timeout
+        self.timeout = lock_timeout()
         self._lock = threading.RLock()        # the read connection
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
+        self._held: set[tuple[str, str]] | None = None  # scopes locked by write(), inside it
+        self._head: Any = None        # inside write(): the cursors queued with BEGIN
+        self._prefetched: tuple[tuple[str, str], list[tuple]] | None = None  # its scope's rows
         self._conn: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
         self._pid = -1
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
+        self._following = False  # LISTENing: once follow() or changed() asked for it
+        self._wakers: list[Callable[[], None]] = []  # on_change() callbacks
+        self._waker: threading.Thread | None = None
+        self._closing = False
         self._connect()
 
     # -- connections --------------------------------------------------------------
-    def _open(self, role: str) -> psycopg.Connection:
+    def open_connection(self, role: str) -> psycopg.Connection:
+        """A new autocommit connection to the store, named "mlprefs <role>" on the server."""
         given = psycopg.conninfo.conninfo_to_dict(self.location)
-        extra = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+        extra: dict[str, Any] = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
         extra.setdefault("application_name", f"mlprefs {role}")
         try:
             conn = psycopg.connect(self.location, autocommit=True, **extra)
@@ -114,22 +128,26 @@ class PostgresStore:
 
     def _connect(self) -> None:
         """Open the main connection, migrate, and (first time in this process) start listening."""
-        conn = self._open("store")
+        conn = self.open_connection("store")
         try:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = _one(conn.execute("SELECT current_schema()").fetchone())
             if schema is None:
                 raise StoreError(f"{self.shown}: its search_path names no existing schema; "
                                  f"create the schema first")
             self.schema = schema
             self.channel = f"mlprefs:{schema}"[:63]
             lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
-            # Two statements in one round trip each (no parameters: psycopg then allows it).
             self.lock_id = lock_id
             wait_ms = max(1, round(self.timeout * 1000))
-            self._begin_locked = (f"BEGIN; SET LOCAL lock_timeout = {wait_ms}; "
-                                  f"SELECT pg_advisory_xact_lock({lock_id})")
-            self._notify_commit = pgsql.SQL("SELECT pg_notify({}, 'commit'); COMMIT").format(
-                pgsql.Literal(self.channel))
+            # Several statements in one round trip each (no parameters: psycopg then allows it).
+            self._begin = f"SELECT set_config('lock_timeout', '{wait_ms}', true)"
+            # The notification goes out in a transaction of its own after the durable commit,
+            # without waiting for its own flush: NOTIFY inside the write transaction would hold
+            # the server's notify-queue lock across that transaction's WAL flush, and so
+            # serialise every writer's commit (no group commit).
+            self._commit_notify = pgsql.SQL(
+                "COMMIT; SELECT set_config('synchronous_commit', 'off', true), "
+                "pg_notify({}, 'commit')").format(pgsql.Literal(self.channel))
             self._conn, self._pid = conn, os.getpid()
             self.backend_pid = conn.info.backend_pid  # our own notifications come from it
             self._migrate()
@@ -137,24 +155,49 @@ class PostgresStore:
             self._conn = None
             conn.close()
             raise
-        if self._listener is None or self._listener.pid != self._pid:
-            self._listener = _Listener(self)
-            self._listener.start()
-            if self._listener.ready.wait(READY_TIMEOUT_S):
-                # What was committed before now, the caller's first read sees; only later
-                # commits are news. (A late first LISTEN leaves the flag set: read again.)
-                self._listener.changed.clear()
-            else:
-                log.warning("mlprefs: %s: no LISTEN connection yet; changes made elsewhere are "
-                            "picked up once it connects", self.shown)
+        if self._following and (self._listener is None or self._listener.pid != self._pid):
+            self._listen()
+
+    def _listen(self) -> None:
+        """Start the listener thread and wait (a while) for its LISTEN to be in place."""
+        self._listener = Listener(self)
+        self._listener.start()
+        if self._listener.ready.wait(READY_TIMEOUT_S / 2):  # a watcher arms within 10 s
+            # What was committed before now, the caller's first read sees; only later
+            # commits are news. (A late first LISTEN leaves the flag set: read again.)
+            self._listener.changed.clear()
+        else:
+            log.warning("mlprefs: %s: no LISTEN connection yet; changes made elsewhere are "
+                        "picked up once it connects", self.shown)
+
+    def follow(self) -> None:
+        """Start hearing of other clients' commits (changed(), on_change()), if not yet.
+
+        A client that never watches never LISTENs: every commit would otherwise wake every
+        client of the store, a cost that grows with the square of the team. The first time,
+        changed() reports a change, since commits made before now were not heard.
+        """
+        if self._pid != os.getpid():
+            with self._lock:
+                self._after_fork()
+        self._start_following(report=True)
+
+    def _start_following(self, report: bool) -> None:
+        with self._lock:
+            if not self._following:
+                self._following = True
+                self._listen()
+                if report and self._listener is not None:
+                    self._listener.changed.set()
 
     def _after_fork(self) -> None:
         """In a forked child: its own connections and listener, never the parent's sockets."""
         self._conn, self._reader, self._listener = None, None, None
         self._lock, self._write_lock, self._writer = threading.RLock(), threading.RLock(), None
+        self._wakers, self._waker = [], None  # the parent's callbacks and thread stay there
         self._connect()
-        assert self._listener is not None
-        self._listener.changed.set()  # the view the child inherited may predate its LISTEN
+        if self._listener is not None:
+            self._listener.changed.set()  # the view the child inherited may predate its LISTEN
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -172,7 +215,7 @@ class PostgresStore:
         if self._pid != os.getpid():
             self._after_fork()
         if self._reader is None or self._reader.closed:
-            self._reader = self._open("read")
+            self._reader = self.open_connection("read")
         return self._reader
 
     def _migrate(self) -> None:
@@ -181,35 +224,31 @@ class PostgresStore:
         if version > known:
             raise StoreError(f"{self.shown} has schema version {version}, newer than this "
                              f"mlprefs-sdk knows ({known}); upgrade mlprefs-sdk")
-        while version < known:
+
+        @contextlib.contextmanager
+        def transaction() -> Iterator[PgConnection]:
             with self.transaction() as db:
                 db.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version BIGINT NOT NULL)")
-                version = self._version()
-                if version == 0 and not db.execute(f"SELECT 1 FROM {VERSION_TABLE}").fetchone():
-                    db.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (0)")
-                if version < known:  # another process may have migrated meanwhile
-                    migration = MIGRATIONS[version]
-                    try:
-                        migration(db)
-                    except StoreError as e:
-                        raise StoreError(
-                            f"{self.shown}: schema migration {migration.__name__} failed "
-                            f"({_say(e.__cause__ or e)}); the store stays at schema version "
-                            f"{version}") from None
-                    version += 1
-                    db.execute(f"PRAGMA user_version = {version}")
+                db.execute(f"INSERT INTO {VERSION_TABLE} (version) SELECT 0 "
+                           f"WHERE NOT EXISTS (SELECT 1 FROM {VERSION_TABLE})")
+                yield db
+
+        migrate(self.shown, MIGRATIONS, self._version, transaction,
+                lambda db, n: db.execute(f"UPDATE {VERSION_TABLE} SET version = {int(n)}"),
+                lambda e: _say(e.__cause__ or e) if isinstance(e, StoreError) else None)
 
     def _version(self) -> int:
+        """The schema version: 0 before the version table exists (an empty schema)."""
         assert self._conn is not None
-        exists = self._conn.execute("SELECT to_regclass(%s)", [VERSION_TABLE]).fetchone()[0]
+        exists = _one(self._conn.execute("SELECT to_regclass(%s)", [VERSION_TABLE]).fetchone())
         if exists is None:
             return 0
-        row = self._conn.execute(translate("PRAGMA user_version")).fetchone()
+        row = self._conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
         return row[0] if row else 0
 
     @property
     def schema_version(self) -> int:
-        return self.query("PRAGMA user_version")[0][0]
+        return self.query(f"SELECT version FROM {VERSION_TABLE}")[0][0]
 
     def _error(self, statement: str, e: Exception) -> StoreError:
         return StoreError(f"{self.shown}: {_say(e)} (in: {' '.join(statement.split())[:200]})")
@@ -218,14 +257,24 @@ class PostgresStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PgConnection]:
         """A write transaction holding the store's write lock, so concurrent writers queue."""
+        with self._transaction(((self.lock_id, "x"),)) as db:
+            yield db
+
+    @contextlib.contextmanager
+    def _transaction(self, locks: Sequence[tuple[int, str]],
+                     head: Callable[[psycopg.Connection], Any] | None = None,
+                     ) -> Iterator[PgConnection]:
+        """A write transaction that first takes `locks` ((advisory key, "x" or "s"), in order);
+        `head(conn)` queues statements in the same round trip (its result: self._head)."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._write_lock:
             if self._writer is not None:
                 raise StoreError(f"{self.shown}: a write transaction is already open on this "
                                  f"thread; transactions do not nest")
-            conn = self._begin()
+            conn, self._head = self._begin_with(locks, head)
             db = PgConnection(conn, psycopg.Error, self._error)
+            db.wrote = head is not None
             self._writer = threading.get_ident()
             try:
                 try:
@@ -233,39 +282,134 @@ class PostgresStore:
                 except BaseException:
                     self._rollback(conn)
                     raise
-                try:  # the NOTIFY reaches every listener when, and only if, we commit
-                    conn.execute(self._notify_commit if db.wrote else "COMMIT")
-                except psycopg.Error as e:
-                    raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
-                                     f"connection dropped, the write may or may not be stored: "
-                                     f"check the history") from e
+                self._commit(conn, db.wrote)
             finally:
                 self._writer = None
+                self._held = self._head = self._prefetched = None
 
-    def _begin(self) -> psycopg.Connection:
-        """BEGIN and take the write lock; a connection found dead here is replaced once."""
+    def _commit(self, conn: psycopg.Connection, wrote: bool) -> None:
+        """COMMIT; after a write, notify the other clients once it is durable (one round trip)."""
+        try:  # an error in the notification after a good COMMIT cannot be told apart
+            conn.execute(self._commit_notify if wrote else "COMMIT")
+        except psycopg.Error as e:
+            raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
+                             f"connection dropped, the write may or may not be stored: "
+                             f"check the history") from e
+
+    def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
+              reason: str | None = None, run_id: str | None = None,
+              step: int | None = None,
+              check: Callable[[], None] | None = None) -> list[HistoryEntry]:
+        """SharedSql.write, with locks as narrow as the Client's validation allows.
+
+        The store's lock is taken shared (a services' transaction() takes it exclusive), and
+        the written scope's own lock exclusive, so writers to different scopes commit in
+        parallel. `check` reads other scopes through scope_values(), which takes their locks
+        shared without waiting: a scope another writer holds means the two writes may together
+        break a rule, so this one rolls back and starts again, this time taking every lock it
+        needs up front in one global order (which cannot deadlock), and validates against
+        what the other committed.
+        """
+        own = (scope, scope_id)
+        why = (reason, run_id, step)
+        now = time.time()
+        texts = [(key, None if new is UNSET else dump(new)) for key, new in changes]
+
+        def head(conn: psycopg.Connection) -> tuple[list[Any], Any]:
+            """Queued behind BEGIN and the locks, in the same round trip: every change, and
+            the written scope as it then is (what `check` reads first)."""
+            cursors = [conn.execute(CHANGE_ROW, change_params((scope, scope_id, key), text, now,
+                                                         actor, why)) for key, text in texts]
+            return cursors, conn.execute(SCOPE_ROWS, [scope, scope_id])
+
+        needs: dict[tuple[str, str], str] = {own: "x"}
+        for _attempt in range(5):
+            upfront = len(needs) > 1
+            locks = [(self.lock_id, "s")] + sorted(
+                (self._scope_lock(*k), mode) for k, mode in needs.items())
+            try:
+                with self._transaction(locks, head):
+                    self._held = set(needs) if upfront else {own}
+                    cursors, rows = self._head
+                    entries = []
+                    for (key, text), cursor in zip(texts, cursors):
+                        done = cursor.fetchone()
+                        if done is not None:  # None: unset a key that had no value
+                            entries.append(HistoryEntry(done[0], scope, key, load(done[1]),
+                                                        load(text), now, actor, reason,
+                                                        scope_id))
+                    self._prefetched = (own, rows.fetchall())
+                    if check is not None:
+                        check()
+                    return entries
+            except _Busy as busy:
+                needs.setdefault(busy.scope, "s")
+        with self._transaction(((self.lock_id, "x"),)) as db:  # give up being clever
+            self._held = _ALL
+            return self._write_rows(db, scope, scope_id, changes, actor,
+                                    (reason, run_id, step), check)
+
+    def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]:
+        """A scope's stored values; inside write(), under that scope's lock (see write())."""
+        held = self._held
+        if self._writer == threading.get_ident() and self._prefetched is not None \
+                and self._prefetched[0] == (scope, scope_id):
+            return {k: (load(v), at, actor) for k, v, at, actor in self._prefetched[1]}
+        if held is not None and held is not _ALL and (scope, scope_id) not in held \
+                and self._writer == threading.get_ident():
+            (got,) = self.query("SELECT pg_try_advisory_xact_lock_shared(?)",
+                                (self._scope_lock(scope, scope_id),))[0]
+            if not got:
+                raise _Busy((scope, scope_id))
+            held.add((scope, scope_id))
+        return super().scope_values(scope, scope_id)
+
+    def _scope_lock(self, scope: str, scope_id: str) -> int:
+        """The advisory lock key of one scope of this store (64 bits of a hash)."""
+        digest = hashlib.blake2b(f"{self.schema}\0{scope}\0{scope_id}".encode(),
+                                 digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def _begin_with(self, locks: Sequence[tuple[int, str]],
+                    head: Callable[[psycopg.Connection], Any] | None,
+                    ) -> tuple[psycopg.Connection, Any]:
+        """BEGIN and take the locks (and queue `head`), in one round trip; a connection found
+        dead here is replaced once."""
+        take = "".join(  # in order: one SELECT evaluates left to right
+            f", pg_advisory_xact_lock{'_shared' if mode == 's' else ''}({key})"
+            for key, mode in locks)
         for attempt in (1, 2):
             conn = self.conn
             start = time.monotonic()
             try:
-                conn.execute(self._begin_locked)  # one round trip
-                return conn
+                if head is None:
+                    conn.execute(f"BEGIN; {self._begin}{take}")
+                    return conn, None
+                with conn.pipeline():  # extended protocol: one statement per execute
+                    conn.execute("BEGIN")
+                    conn.execute(self._begin + take)
+                    result = head(conn)
+                return conn, result
             except psycopg.errors.LockNotAvailable:
                 waited = time.monotonic() - start
                 self._rollback(conn)
                 raise StoreError(
                     f"{self.shown}: gave up waiting for the write lock after {waited:.1f} s "
                     f"(budget {self.timeout:g} s, MLPREFS_LOCK_TIMEOUT); it is held by "
-                    f"{self._lock_holder()}; nothing was changed") from None
+                    f"{self._lock_holder([key for key, _ in locks])}; nothing was changed"
+                ) from None
             except psycopg.OperationalError as e:
                 self._rollback(conn)
                 if attempt == 2 or not conn.closed:
                     raise StoreError(f"{self.shown}: could not start a write: {_say(e)}") from e
                 log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown, _say(e))
+            except psycopg.Error as e:  # a statement `head` queued
+                self._rollback(conn)
+                raise self._error("a preference write", e) from e
         raise AssertionError("unreachable")
 
-    def _lock_holder(self) -> str:
-        """The session holding the store's advisory lock, from pg_locks, if it can be read."""
+    def _lock_holder(self, keys: Sequence[int]) -> str:
+        """A session holding one of the advisory locks, from pg_locks, if it can be read."""
         try:
             with self._lock:
                 row = self.reader.execute(
@@ -273,8 +417,10 @@ class PostgresStore:
                     "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float "
                     "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND "
-                    "((l.classid::bigint << 32) | l.objid::bigint) = %s",
-                    [self.lock_id]).fetchone()
+                    "l.pid <> pg_backend_pid() AND l.pid <> %s AND "
+                    "((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s) "
+                    "ORDER BY a.xact_start LIMIT 1",
+                    [self.backend_pid, list(keys)]).fetchone()
         except psycopg.Error as e:
             return f"another session (unknown which: {_say(e)})"
         if row is None:
@@ -321,11 +467,65 @@ class PostgresStore:
         if self._pid != os.getpid():
             with self._lock:
                 self._after_fork()
+        if not self._following:  # commits from now on (follow() reports one at once)
+            self._start_following(report=False)
         listener = self._listener
         if listener is not None and listener.changed.is_set():
             listener.changed.clear()
             return True
         return False
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` as soon as another client's commit is announced (LISTEN/NOTIFY),
+        rather than at the next poll of changed(); returns the function that unsubscribes it.
+
+        Callbacks run on a thread of the store's, one at a time; a burst of commits makes one
+        call. Each call consumes the changed() flag; a callback that raises is logged and the
+        flag is set again, so a poller re-reads.
+        """
+        if self._pid != os.getpid():
+            with self._lock:
+                self._after_fork()
+        self.follow()
+        with self._lock:
+            self._wakers.append(callback)
+            if self._waker is None:
+                self._waker = threading.Thread(target=self._wake_loop, daemon=True,
+                                               name=f"mlprefs-wake {self.channel}")
+                self._waker.start()
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                self._wakers.remove(callback)
+        return cancel
+
+    def _wake_loop(self) -> None:
+        while not self._closing:
+            listener = self._listener
+            if listener is None:
+                return
+            listener.woken.wait(HEARTBEAT_S)
+            listener.woken.clear()
+            callbacks = list(self._wakers)
+            if self._closing or not callbacks or not listener.changed.is_set():
+                continue
+            listener.changed.clear()
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # a poller of changed() tries again
+                    log.exception("mlprefs: %s: a change callback failed", self.shown)
+                    listener.changed.set()
+
+    local_file = None    # a server: no file on this host
+    change_file = None   # changes are announced (follow(), on_change())
+
+    def integrity(self) -> list[str]:
+        """[]: the server checks its own pages (data checksums); nothing to report here."""
+        return []
+
+    def purge_erased(self) -> None:
+        """Nothing to do at once: erased rows' old versions are reclaimed by (auto)vacuum."""
 
     def health(self) -> dict[str, Any]:
         """Backend, round-trip latency and the notification channel's state (for doctor)."""
@@ -333,6 +533,8 @@ class PostgresStore:
             start = time.perf_counter()
             self.query("SELECT 1")
             latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        if not self._following:
+            self._start_following(report=False)
         listener = self._listener
         connected = listener is not None and listener.connected
         round_trip = listener.probe(self) if listener is not None and connected else None
@@ -347,6 +549,12 @@ class PostgresStore:
                 "healthy": round_trip is not None}
 
     def close(self) -> None:
+        waker, self._closing = self._waker, True
+        if waker is not None and self._pid == os.getpid() and waker is not threading.current_thread():
+            listener = self._listener
+            if listener is not None:
+                listener.woken.set()
+            waker.join(HEARTBEAT_S + 1)
         with self._lock:
             listener, self._listener = self._listener, None
             mine = self._pid == os.getpid()
@@ -357,90 +565,24 @@ class PostgresStore:
                     conn.close()
             self._conn = self._reader = None
 
-    def _notify(self, payload: str) -> None:
+    def notify(self, payload: str) -> None:
+        """Send `payload` on the store's channel (health() probes the listener with it)."""
         with self._lock:
             self.reader.execute("SELECT pg_notify(%s, %s)", [self.channel, payload])
 
 
-class _Listener(threading.Thread):
-    """LISTEN on the store's channel; reconnect with backoff; flag every change for changed()."""
+class _Busy(Exception):
+    """Inside write(): another writer holds a scope the validation reads; start again."""
 
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(name=f"mlprefs-listen {store.channel}", daemon=True)
-        self._store = store
-        self.pid = os.getpid()
-        self.changed = threading.Event()
-        self.ready = threading.Event()
-        self.connected = False
-        self.reconnects = 0
-        self.backend_pid = 0
-        self._halt = threading.Event()
-        self._probes: dict[str, threading.Event] = {}
+    def __init__(self, scope: tuple[str, str]) -> None:
+        super().__init__(f"scope {scope} is being written")
+        self.scope = scope
 
-    def run(self) -> None:
-        delay = BACKOFF_S[0]
-        while not self._halt.is_set():
-            try:
-                conn = self._store._open("listen")
-            except StoreError as e:
-                log.warning("mlprefs: %s; retrying in %.2f s", e, delay)
-            else:
-                since = time.monotonic()
-                try:
-                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._store.channel)))
-                    self.backend_pid, self.connected = conn.info.backend_pid, True
-                    if self.ready.is_set():
-                        self.reconnects += 1
-                        log.warning("mlprefs: %s: notifications reconnected; re-reading the store",
-                                    self._store.shown)
-                    self.changed.set()  # commits made while we were not listening sent nothing
-                    self.ready.set()
-                    self._serve(conn)
-                except psycopg.Error as e:
-                    if not self._halt.is_set():
-                        log.warning("mlprefs: %s: notification connection lost (%s); "
-                                    "reconnecting", self._store.shown, _say(e))
-                finally:
-                    self.connected = False
-                    conn.close()
-                if time.monotonic() - since > HEARTBEAT_S:  # it had been healthy: start over
-                    delay = BACKOFF_S[0]
-            self._halt.wait(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_S[1])
 
-    def _serve(self, conn: psycopg.Connection) -> None:
-        while not self._halt.is_set():
-            got = False
-            for note in conn.notifies(timeout=HEARTBEAT_S):
-                got = True
-                if self._halt.is_set():
-                    return
-                probe = self._probes.get(note.payload)
-                if probe is not None:
-                    probe.set()
-                elif note.payload != WAKE and note.pid != self._store.backend_pid:
-                    self.changed.set()  # our own commits are in the view already
-            if not got:
-                conn.execute("SELECT 1")  # a dead server or network surfaces here
+_ALL: set[tuple[str, str]] = set()  # write() under the store's exclusive lock: all is held
 
-    def probe(self, store: PostgresStore, timeout: float = 2.0) -> float | None:
-        """Milliseconds for a NOTIFY to come back through this listener; None if it did not."""
-        token = f"probe {os.getpid()} {threading.get_ident()} {time.monotonic_ns()}"
-        arrived = self._probes[token] = threading.Event()
-        try:
-            start = time.perf_counter()
-            store._notify(token)
-            if arrived.wait(timeout):
-                return round((time.perf_counter() - start) * 1000, 3)
-            return None
-        finally:
-            del self._probes[token]
 
-    def stop(self, conn: psycopg.Connection | None) -> None:
-        self._halt.set()
-        if conn is not None and not conn.closed:
-            try:  # wakes the listener now rather than at its next heartbeat
-                conn.execute("SELECT pg_notify(%s, %s)", [self._store.channel, WAKE])
-            except psycopg.Error as e:
-                log.debug("mlprefs: wake-up notification failed (%s)", e)
-        self.join(HEARTBEAT_S + 1)
+def _one(row: tuple[Any, ...] | None) -> Any:
+    """The single column of a query that always returns one row."""
+    assert row is not None
+    return row[0]

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .catalog import Catalog, InvalidValue, KeySpec
+from .catalog import Catalog, InvalidValueError, KeySpec
 from .layers import Entry, Layer
 from .rules import check_rules
 from .values import Explanation, LayerValue, Problem, Source, format_value
@@ -46,7 +46,7 @@ class View:
                 continue
             try:
                 value = spec.check(entry.value, from_string=entry.from_string)
-            except InvalidValue:
+            except InvalidValueError:
                 value = entry.value
             chain.append(LayerValue(layer.name, value, entry.source))
         return Explanation(key, self.values[key], self.sources[key], tuple(chain),
@@ -117,7 +117,8 @@ def add_key(view: View, catalog: Catalog, layers: Sequence[Layer],
         checked = entry.value if layer.trusted else _checked(spec, entry, problems)
         if checked is not _INVALID:
             value, source = checked, entry.source
-    values, sources = view.values.copy(), view.sources.copy()  # dict copies, C speed
+    assert source is not None, key  # the defaults layer sets every registered key
+    values, sources = dict(view.values), dict(view.sources)  # dict copies, C speed
     values[key], sources[key] = value, source
     enabled = view.enabled
     if type(value) is bool:
@@ -135,7 +136,7 @@ def _checked(spec: KeySpec, entry: Entry, problems: list[Problem]) -> Any:
     """The entry's value typed for its key, or _INVALID with the problem recorded."""
     try:
         return spec.check(entry.value, from_string=entry.from_string)
-    except InvalidValue as e:
+    except InvalidValueError as e:
         problems.append(Problem.for_value(spec.key, e.value, entry.source, e.reason, e.rule))
         return _INVALID
 

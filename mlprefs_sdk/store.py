@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
@@ -23,7 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from ._migrations import MIGRATIONS
+from ._migrations import MIGRATIONS, migrate
+from ._sharedsql import SharedSql
 from .errors import StoreError
 from .values import UNSET, HistoryEntry
 
@@ -53,9 +53,25 @@ def lock_timeout() -> float:
 
 
 class Store(Protocol):
-    """What the Client and the services need from a backend."""
+    """What the Client, the services, the watcher and the CLI need from a backend.
+
+    Callers use only this: none asks which backend it has.
+    """
 
     location: str
+    shown: str  # the location as it may be shown: a URL without its password
+
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def local_file(self) -> str | None: ...  # the store's file on this host, if it is one
+    @property
+    def change_file(self) -> str | None: ...  # a file whose stat moves at every commit
+    def integrity(self) -> list[str]: ...
+    def health(self) -> dict[str, Any]: ...
+    def saved_templates(self) -> dict[str, dict[str, Any]]: ...
+    def save_template(self, name: str, values: dict[str, Any], actor: str) -> None: ...
+    def purge_erased(self) -> None: ...
 
     def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]: ...
     def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
@@ -66,6 +82,8 @@ class Store(Protocol):
                 scope_id: str | None = None, limit: int = 100) -> list[HistoryEntry]: ...
     def history_entry(self, entry_id: int) -> HistoryEntry | None: ...
     def changed(self) -> bool: ...
+    def follow(self) -> None: ...
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]: ...
     def transaction(self) -> contextlib.AbstractContextManager[Any]: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
     def close(self) -> None: ...
@@ -79,15 +97,7 @@ def open_store(location: str) -> Store:
     return SQLiteStore(location)
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-class SQLiteStore:
+class SQLiteStore(SharedSql):
     """Two connections per process: writes (one at a time) and reads; reopened after fork.
 
     A write holds `_write_lock` for its whole transaction, including the wait for another
@@ -96,9 +106,9 @@ class SQLiteStore:
     connection, so it sees its own pending rows.
     """
 
-    def __init__(self, location: str, timeout: float | None = None) -> None:
-        self.location = location
-        self.timeout = lock_timeout() if timeout is None else timeout
+    def __init__(self, location: str) -> None:
+        self.location = self.shown = location
+        self.timeout = lock_timeout()
         self._lock = threading.RLock()        # the read connection
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
@@ -186,26 +196,20 @@ class SQLiteStore:
                 f"MLPREFS_STORE to a writable location") from e
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        known = len(MIGRATIONS)
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        while version < known:
+        @contextlib.contextmanager
+        def transaction() -> Iterator[sqlite3.Connection]:
             self._begin(conn)
             try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version < known:  # another process may have migrated meanwhile
-                    migration = MIGRATIONS[version]
-                    try:
-                        migration(conn)
-                    except sqlite3.Error as e:
-                        raise StoreError(
-                            f"{self.location}: schema migration {migration.__name__} failed "
-                            f"({e}); the store stays at schema version {version}") from None
-                    version += 1
-                    conn.execute(f"PRAGMA user_version = {version}")
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback(conn)
                 raise
+
+        migrate(self.location, MIGRATIONS,
+                lambda: conn.execute("PRAGMA user_version").fetchone()[0], transaction,
+                lambda db, n: db.execute(f"PRAGMA user_version = {int(n)}"),
+                lambda e: str(e) if isinstance(e, sqlite3.Error) else None)
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks and connections, never the parent's."""
@@ -300,9 +304,32 @@ class SQLiteStore:
                                  if "locked" in str(e) else f"{self.location}: {e}") from None
             raise
 
-    def integrity(self, limit: int = 20) -> list[str]:
-        """PRAGMA integrity_check: ["ok"], or up to `limit` problems (for doctor)."""
-        return integrity_check(self.location, limit)
+    @property
+    def local_file(self) -> str | None:
+        return None if self.location == ":memory:" else self.location
+
+    @property
+    def change_file(self) -> str | None:
+        """The -wal file: every commit writes it (the watcher stats it before asking)."""
+        return None if self.location == ":memory:" else self.location + "-wal"
+
+    def integrity(self) -> list[str]:
+        """PRAGMA integrity_check: ["ok"], or up to 20 problems (for doctor); [] for an
+        in-memory store, which has no file to check."""
+        if self.location == ":memory:":
+            return []
+        return integrity_check(self.location)
+
+    def purge_erased(self) -> None:
+        """After an erasure: checkpoint and truncate the WAL, so erased rows' old page images
+        leave the disk too."""
+        if self.location == ":memory:":
+            return
+        busy, _, _ = self.query("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+        if busy:
+            log.warning("mlprefs: after an erasure the WAL of %s could not be truncated (another "
+                        "connection is reading); erased rows' old pages stay in it until the "
+                        "next checkpoint", self.location)
 
     def changed(self) -> bool:
         """True once after another connection committed (PRAGMA data_version, ~1.5 us).
@@ -325,6 +352,13 @@ class SQLiteStore:
         finally:
             self._write_lock.release()
 
+    def follow(self) -> None:
+        """Nothing to start: changed() reads PRAGMA data_version when asked."""
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """SQLite announces nothing: the watcher's tick polls changed(). Unsubscribing is a no-op."""
+        return lambda: None
+
     def health(self) -> dict[str, Any]:
         """Backend, round-trip latency and how other clients' changes arrive (for doctor)."""
         start = time.perf_counter()
@@ -340,88 +374,6 @@ class SQLiteStore:
             if self._pid == os.getpid():
                 self._close_all(self._conn, self._reader)
             self._conn = self._reader = None
-
-    # -- preferences -------------------------------------------------------------
-    def scope_values(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]:
-        rows = self.query("SELECT key, value, updated_at, actor FROM prefs "
-                          "WHERE scope = ? AND scope_id = ?", (scope, scope_id))
-        return {k: (_load(v), at, actor) for k, v, at, actor in rows}
-
-    def write(self, scope: str, scope_id: str, changes: Sequence[tuple[str, Any]], actor: str,
-              reason: str | None = None, run_id: str | None = None,
-              step: int | None = None,
-              check: Callable[[], None] | None = None) -> list[HistoryEntry]:
-        """Write values (or UNSET) and their history rows in one transaction.
-
-        `check` runs inside the transaction after the rows changed and before the commit; it
-        reads the store through this object (seeing the pending rows and, with the write lock
-        held, no other writer's) and raises to roll everything back. That is how the Client
-        validates cross-key rules against the store as it is, not as it last read it.
-        """
-        now = time.time()
-        entries = []
-        with self.transaction() as db:
-            for key, new in changes:
-                row = db.execute("SELECT value FROM prefs WHERE scope = ? AND scope_id = ? "
-                                 "AND key = ?", (scope, scope_id, key)).fetchone()
-                old_text = row[0] if row else None
-                if new is UNSET:
-                    if row is None:
-                        continue
-                    db.execute("DELETE FROM prefs WHERE scope = ? AND scope_id = ? AND key = ?",
-                               (scope, scope_id, key))
-                    new_text = None
-                else:
-                    new_text = _dump(new)
-                    db.execute(
-                        "INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE "
-                        "SET value = excluded.value, updated_at = excluded.updated_at, "
-                        "actor = excluded.actor", (scope, scope_id, key, new_text, now, actor))
-                (entry_id,) = db.execute(
-                    "INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, "
-                    "run_id, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (scope, scope_id, key, old_text, new_text, now, actor, reason, run_id, step),
-                ).fetchone()
-                entries.append(HistoryEntry(entry_id, scope, key, _load(old_text),
-                                            _load(new_text), now, actor, reason, scope_id))
-            if check is not None:
-                check()
-        return entries
-
-    def history(self, key: str | None = None, scope: str | None = None,
-                scope_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
-        where, params = [], []
-        for col, val in (("key", key), ("scope", scope), ("scope_id", scope_id)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        sql = ("SELECT id, scope, key, old, new, at, actor, reason, scope_id FROM history"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY id DESC LIMIT ?")
-        return [_entry(r) for r in self.query(sql, [*params, limit])]
-
-    def history_entry(self, entry_id: int) -> HistoryEntry | None:
-        rows = self.query("SELECT id, scope, key, old, new, at, actor, reason, scope_id "
-                          "FROM history WHERE id = ?", (entry_id,))
-        return _entry(rows[0]) if rows else None
-
-    # -- templates ---------------------------------------------------------------
-    def saved_templates(self) -> dict[str, dict[str, Any]]:
-        return {name: json.loads(body) for name, body in
-                self.query("SELECT name, body FROM templates ORDER BY name")}
-
-    def save_template(self, name: str, values: dict[str, Any], actor: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT INTO templates (name, body, created_at, actor) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (name) DO UPDATE SET body = excluded.body, "
-                       "created_at = excluded.created_at, actor = excluded.actor",
-                       (name, json.dumps(values), time.time(), actor))
-
-
-def _entry(row: tuple) -> HistoryEntry:
-    id_, scope, key, old, new, at, actor, reason, scope_id = row
-    return HistoryEntry(id_, scope, key, _load(old), _load(new), at, actor, reason, scope_id)
 
 
 def _located(err: StoreError, code: int | None, path: str) -> StoreError:

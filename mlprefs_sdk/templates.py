@@ -6,7 +6,7 @@ import builtins
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .catalog import InvalidValue
+from .catalog import InvalidValueError
 from .errors import ValidationError
 from .values import Problem, Source
 
@@ -76,7 +76,7 @@ class Templates:
         for key, value in values.items():
             try:
                 typed[key] = catalog[key].check(value)
-            except InvalidValue as e:
+            except InvalidValueError as e:
                 problems.append(Problem.for_value(key, e.value, source, e.reason, e.rule))
         if problems:
             raise ValidationError(problems)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .distributed import join_ranks
-from .errors import MlprefsError, StoreError
+from .errors import MetricNotFoundError, StoreError
 from .runs import RunChange, load_run, save_run, write_changes
 from .values import ChangeSet
 
@@ -39,21 +39,6 @@ NEXT_RUN_KEYS = frozenset({
 MAX_ITERATIONS = "ml.training.max_iterations"
 REGULARIZATION_L1 = "ml.training.regularization_l1"
 FLUSH_AFTER_S = 1.0  # changes applied mid-epoch reach the store at the latest this much later
-
-
-class MetricNotFoundError(MlprefsError, LookupError):
-    """The monitored metric is not among the metrics the framework reported."""
-
-    def __init__(self, metric: str, available: Any) -> None:
-        self.metric, self.available = metric, tuple(sorted(str(k) for k in available))
-        names = ", ".join(self.available) or "none"
-        super().__init__(
-            f"early stopping monitors {metric!r} (ml.training.early_stopping_metric), but the "
-            f"metrics reported are: {names}; set ml.training.early_stopping_metric to one of "
-            f"them, or set ml.training.early_stopping_enabled = false")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def new_run_id() -> str:

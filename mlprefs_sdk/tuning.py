@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .catalog import InvalidValue
+from .catalog import InvalidValueError
 from .errors import FeatureDisabledError, MlprefsError, ValidationError
 from .values import HistoryEntry, Problem, Source
 
@@ -157,7 +157,7 @@ def _range(client: Client, key: str, spec: Any) -> Range:
         for choice in choices:
             try:
                 typed.append(ks.check(choice))
-            except InvalidValue as e:
+            except InvalidValueError as e:
                 raise _Bad(f"has the choice {choice!r}, which {e.reason}", e.rule) from None
         return Range(key, "choice", choices=tuple(typed))
     extra = set(spec) - _RANGE_FIELDS
@@ -178,7 +178,7 @@ def _range(client: Client, key: str, spec: Any) -> Range:
                        "kind")
         try:
             ks.check(ks.type(value))
-        except InvalidValue as e:
+        except InvalidValueError as e:
             raise _Bad(f"has {name} = {value!r}, which {e.reason}", e.rule) from None
         bounds.append(ks.type(value))
     low, high = bounds

@@ -183,6 +183,13 @@ class Watcher:
     def _loop(self, store_moved: StoreProbe) -> None:
         stop = self._stop
         state = _LoopState()
+
+        def store_changed() -> None:  # called by a store that pushes changes (PostgreSQL's listener)
+            client = self._client()
+            if client is not None:
+                client._refresh(STORE_SLOTS, origin="a store write by another process")
+
+        store_moved.on_change(store_changed)
         while not stop.is_set():
             timeout = TICK_S
             if state.pending:  # the quiet period ends on its own timer, not on a tick
@@ -395,7 +402,5 @@ class _LoopState:
 
 def _store_dir(store: Any) -> str | None:
     """The directory of a local store file (None for :memory: and servers)."""
-    location = getattr(store, "location", "")
-    if not location or location == ":memory:" or "://" in location:
-        return None
-    return os.path.dirname(os.path.realpath(location))
+    location = store.local_file
+    return None if location is None else os.path.dirname(os.path.realpath(location))

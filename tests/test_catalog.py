@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mlprefs_sdk import Client, UnknownKeyError, ValidationError
-from mlprefs_sdk.catalog import Catalog, InvalidValue, KeySpec
+from mlprefs_sdk.catalog import Catalog, InvalidValueError, KeySpec
 
 # The SPEC's table, row by row: key, type, default, (min, max) or choices, access.
 SPEC_TABLE = [
@@ -106,7 +106,7 @@ def test_only_sharing_allowed_is_sensitive(catalog):
 
 def test_early_stopping_metric_must_not_be_empty(catalog):
     spec = catalog["ml.training.early_stopping_metric"]
-    with pytest.raises(InvalidValue, match="must not be empty"):
+    with pytest.raises(InvalidValueError, match="must not be empty"):
         spec.check("  ")
 
 
@@ -124,32 +124,32 @@ def test_an_int_is_accepted_for_a_float_key(catalog):
 
 @pytest.mark.parametrize("key", ["ml.training.learning_rate", "ml.performance.batch_size"])
 def test_a_bool_is_never_accepted_as_a_number(catalog, key):
-    with pytest.raises(InvalidValue, match="has type bool"):
+    with pytest.raises(InvalidValueError, match="has type bool"):
         catalog[key].check(True)
 
 
 def test_a_number_is_not_accepted_for_a_bool_key(catalog):
-    with pytest.raises(InvalidValue, match="expected bool"):
+    with pytest.raises(InvalidValueError, match="expected bool"):
         catalog["ml.global.enabled"].check(1)
 
 
 def test_a_float_is_not_accepted_for_an_int_key(catalog):
-    with pytest.raises(InvalidValue, match="has type float, expected int"):
+    with pytest.raises(InvalidValueError, match="has type float, expected int"):
         catalog["ml.performance.batch_size"].check(64.0)
 
 
 def test_out_of_range_names_the_limit(catalog):
     spec = catalog["ml.training.learning_rate"]
-    with pytest.raises(InvalidValue) as e:
+    with pytest.raises(InvalidValueError) as e:
         spec.check(5.0)
     assert (e.value.rule, e.value.reason) == ("max", "is above the maximum 1.0")
     assert str(e.value) == "ml.training.learning_rate = 5.0 is above the maximum 1.0"
-    with pytest.raises(InvalidValue, match="below the minimum 1e-06"):
+    with pytest.raises(InvalidValueError, match="below the minimum 1e-06"):
         spec.check(0.0)
 
 
 def test_choices_are_listed_when_a_value_is_not_one_of_them(catalog):
-    with pytest.raises(InvalidValue) as e:
+    with pytest.raises(InvalidValueError) as e:
         catalog["ml.monitoring.drift_method"].check("chi2")
     assert e.value.rule == "choices"
     assert "is not one of the allowed values: psi, ks" in str(e.value)
@@ -157,7 +157,7 @@ def test_choices_are_listed_when_a_value_is_not_one_of_them(catalog):
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_non_finite_floats_are_rejected(catalog, value):
-    with pytest.raises(InvalidValue, match="not a finite number"):
+    with pytest.raises(InvalidValueError, match="not a finite number"):
         catalog["ml.performance.speed_priority"].check(value)
 
 
@@ -179,7 +179,7 @@ def test_strings_coerce_to_numbers(catalog):
 
 
 def test_an_unreadable_string_names_the_type(catalog):
-    with pytest.raises(InvalidValue, match='"sixty-four" cannot be read as int'):
+    with pytest.raises(InvalidValueError, match='"sixty-four" cannot be read as int'):
         catalog["ml.performance.batch_size"].check("sixty-four", from_string=True)
 
 

@@ -447,3 +447,14 @@ def test_a_directory_given_as_the_store_exits_1_naming_it(home, tmp_path, capsys
     assert code == 1 and err == (f"mlprefs: cannot create the store {tmp_path}: it is a "
                                  "directory, not a store file; set MLPREFS_HOME or MLPREFS_STORE "
                                  "to a writable location\n")
+
+
+def test_validate_summarises_a_flood_of_warnings_in_text_and_lists_them_all_in_json(home, project_dir, capsys):
+    keys = "\n".join(f"k{i} = {i}" for i in range(500))
+    (project_dir / "flood.toml").write_text(f"[team.flood]\n{keys}\n")
+    code, out, _ = run(capsys, "validate", "flood.toml")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "ok" and len(lines) == 22
+    assert lines[-2] == "... and 480 more warnings (--json lists every one)"
+    code, data = run_json(capsys, "validate", "flood.toml")
+    assert code == 0 and len(data["warnings"]) == 500

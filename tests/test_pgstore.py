@@ -29,6 +29,7 @@ from pgtest import (
 
 from mlprefs_sdk import Client, StoreError
 from mlprefs_sdk._pgsql import plain_number, translate
+from mlprefs_sdk.store import open_store
 
 BATCH = "ml.performance.batch_size"
 LR = "ml.training.learning_rate"
@@ -318,3 +319,39 @@ def test_a_set_that_cannot_get_the_lock_in_its_budget_names_the_holding_session(
     assert "gave up waiting for the write lock after 0." in message
     assert "it is held by server pid " in message and "(lock-holder, user " in message
     assert message.endswith("nothing was changed")
+
+
+def test_on_change_calls_back_once_another_client_commits_without_a_poll(url):
+    store = open_store(url)
+    with Client(store=url, user="alice") as writer:
+        called = threading.Event()
+        unsubscribe = store.on_change(called.set)
+        try:
+            assert called.wait(10)  # at once: what was committed before it listened is unknown
+            called.clear()
+            writer.set(BATCH, 64)
+            assert called.wait(10)
+            called.clear()
+            store.write("user", "alice", [(BATCH, 65)], "alice")  # its own commit: no call
+            store.health()  # a NOTIFY round trip after that commit
+            assert not called.is_set()
+        finally:
+            unsubscribe()
+            store.close()
+
+
+def _listening_sessions(schema: str) -> int:
+    import psycopg
+
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            [f"mlprefs listen {schema}"]).fetchone()[0]
+
+
+def test_a_client_that_only_writes_never_listens_and_one_that_watches_does(url):
+    with Client(store=url, user="alice") as writer:
+        writer.set(BATCH, 64)
+        schema = writer.store.schema
+        assert _listening_sessions(schema) == 0  # its commits wake no one of its own
+        with Client(store=url, user="bob", watch=True):
+            assert _listening_sessions(schema) == 1

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from mlprefs_sdk import Client
+from mlprefs_sdk import Client, ValidationError
 from mlprefs_sdk.cli import main
 from mlprefs_sdk.schema import DRAFT, build_schema
 
@@ -38,7 +38,7 @@ def client_accepts(project_dir, text: str) -> bool:
     try:
         with Client():
             return True
-    except Exception:
+    except ValidationError:  # ConfigFileError included
         return False
 
 

@@ -269,3 +269,90 @@ def test_writers_in_several_processes_lose_nothing(store_url, tmp_path):
         assert [e.old for e in shared[:-1]] == [e.new for e in shared[1:]]  # an unbroken chain
     finally:
         store.close()
+
+
+# One half of a pair that breaks memory-per-worker only together (8 workers need 2048 MB).
+# The validation's first read of the store waits until both processes are inside their
+# write transactions, so the two writes overlap whatever locking the backend uses (with a
+# store-wide lock the second never gets in, and the wait just runs out).
+HALF = """
+import os, sys, time
+from mlprefs_sdk import Client, ValidationError
+
+half, url, go = sys.argv[1], sys.argv[2], sys.argv[3]
+scope, key, value = {"project": ("project", "ml.performance.parallel_workers", 8),
+                     "user": ("user", "ml.performance.memory_limit_mb", 1024)}[half]
+with Client(store=url, user="alice", project="churn", discover=False) as prefs:
+    store, read = prefs.store, prefs.store.scope_values
+    def scope_values(*args):
+        if not os.path.exists(f"{go}.in.{half}"):
+            open(f"{go}.in.{half}", "w").close()
+            deadline = time.monotonic() + 2
+            while len([p for p in os.listdir(os.path.dirname(go)) if ".in." in p]) < 2 \\
+                    and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return read(*args)
+    store.scope_values = scope_values
+    open(f"{go}.ready{half}", "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    try:
+        prefs.set(key, value, scope=scope)
+        print("stored")
+    except ValidationError as e:
+        print("refused", e.problems[0].rule)
+"""
+
+
+def test_two_writers_of_the_two_halves_of_a_broken_pair_do_not_both_succeed(
+        store_url, tmp_path):
+    results = run_together([[HALF, half, store_url] for half in ("project", "user")],
+                           tmp_path / "go")
+    for code, _out, err in results:
+        assert code == 0, err
+    assert sorted(out.split()[0] for _, out, _ in results) == ["refused", "stored"]
+    assert "memory-per-worker" in "".join(out for _, out, _ in results)
+    store = open_store(store_url)
+    try:
+        stored = {**store.scope_values("user", "alice"), **store.scope_values("project", "churn")}
+    finally:
+        store.close()
+    assert len(stored) == 1  # one half, never both
+
+
+def test_many_rows_inserted_at_once_read_back_exactly(store_url):
+    """The bulk path (COPY on PostgreSQL) keeps NULLs, bools as 0/1, floats and text."""
+    store = open_store(store_url)
+    try:
+        rows = [("m", f"v{i}", None if i % 3 == 0 else i / 7, float(i), 1e9 + i)
+                for i in range(2500)]
+        with store.transaction() as db:
+            db.executemany("INSERT INTO monitor_samples (model, version, accuracy, latency_ms, "
+                           "at) VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO consent (subject, consented, opted_out, updated_at) "
+                           "VALUES (?, ?, ?, ?)", [("s1", True, False, 1.0), ("it's", False, True, 2.0)])
+        assert store.query("SELECT model, version, accuracy, latency_ms, at FROM monitor_samples "
+                           "ORDER BY id") == rows
+        assert store.query("SELECT subject, consented, opted_out FROM consent ORDER BY subject") \
+            == [("it's", 0, 1), ("s1", 1, 0)]
+    finally:
+        store.close()
+
+
+def test_every_backend_offers_what_callers_use_without_asking_which_it_is(store_url):
+    """Doctor, the watcher, the privacy service and repr() use only the Store protocol."""
+    from mlprefs_sdk.store import Store
+
+    store = open_store(store_url)
+    try:
+        members = [m for m in vars(Store) if not m.startswith("_")] + ["location", "shown"]
+        assert [m for m in members if not hasattr(store, m)] == []
+        password = "://" in store_url and store_url.split("@")[0].rsplit(":", 1)[1]
+        assert not password or password not in store.shown
+        assert store.schema_version == len(MIGRATIONS)
+        assert store.integrity() in (["ok"], [])
+        assert store.health()["healthy"] is True
+        store.purge_erased()
+        assert (store.local_file is None) == ("://" in store_url)
+    finally:
+        store.close()

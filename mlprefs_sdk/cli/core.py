@@ -213,7 +213,7 @@ def cmd_explain(ctx: Context) -> None:
 def cmd_validate(ctx: Context) -> int:
     from ..catalog import Catalog
     from ..client import _packaged_catalog
-    from ..errors import ValidationError
+    from ..errors import ValidationError, cap_lines
     from ..layers import defaults_layer, file_layer
     from ..resolve import resolve
 
@@ -237,7 +237,10 @@ def cmd_validate(ctx: Context) -> int:
                             "path": p.source.path if p.source else None,
                             "line": p.source.line if p.source else None} for p in problems],
               "warnings": [w.message for w in warnings]},
-             "\n".join([*(f"error: {p}" for p in problems), *(f"warning: {w}" for w in warnings),
+             "\n".join([*cap_lines([f"error: {p}" for p in problems],
+                                  more="problems (--json lists every one)"),
+                        *cap_lines([f"warning: {w}" for w in warnings],
+                                   more="warnings (--json lists every one)"),
                         "ok" if not problems else f"{len(problems)} problem(s)"]))
     return 1 if problems else 0
 
@@ -320,11 +323,11 @@ def cmd_doctor(ctx: Context) -> int:
     loc = client.locations
     store = client.store
     integrity, problems = "n/a", list[str]()
-    if hasattr(store, "integrity") and loc.store != ":memory:":
-        report = store.integrity()
+    report = store.integrity()  # [] where the backend has nothing to check
+    if report:
         integrity = "ok" if report == ["ok"] else "FAILED"
         problems = [] if report == ["ok"] else report
-    health = store.health() if hasattr(store, "health") else {}  # backend, latency, notifications
+    health = store.health()  # backend, latency, notifications
     versions = {"mlprefs-sdk": __version__, "python": platform.python_version(),
                 "sqlite": sqlite3.sqlite_version}
     for dist in ("attrs", "cattrs", "watchfiles", "platformdirs", "tomli-w", "pluggy"):
@@ -353,7 +356,7 @@ def cmd_doctor(ctx: Context) -> int:
         "versions": versions,
         "store": {"backend": type(store).__name__, "integrity": integrity,
                   "integrity_problems": problems,
-                  "schema_version": getattr(store, "schema_version", None), **health},
+                  "schema_version": store.schema_version, **health},
         "watcher_backend": backend,
         "admin_keys_not_locked": unpinned,
         "warnings": [w.message for w in client.warnings],

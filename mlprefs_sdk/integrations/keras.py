@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._require import require
 
-keras = require("keras", "keras", "mlprefs_sdk.integrations.keras")
-
 if TYPE_CHECKING:
+    import keras
+
     from ..client import Client
     from ..training import TrainingHooks
+else:
+    keras = require("keras", "keras", "mlprefs_sdk.integrations.keras")
 
 __all__ = ["MlprefsCallback"]
 

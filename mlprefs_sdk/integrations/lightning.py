@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from ._require import require
 
-pl = require("lightning.pytorch", "lightning", "mlprefs_sdk.integrations.lightning")
-TrainerFn = require("lightning.pytorch.trainer.states", "lightning",
-                    "mlprefs_sdk.integrations.lightning").TrainerFn
-
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.trainer.states import TrainerFn
+
     from ..client import Client
     from ..training import TrainingHooks
+else:
+    pl = require("lightning.pytorch", "lightning", "mlprefs_sdk.integrations.lightning")
+    TrainerFn = require("lightning.pytorch.trainer.states", "lightning",
+                        "mlprefs_sdk.integrations.lightning").TrainerFn
 
 __all__ = ["MlprefsCallback"]
 

@@ -151,7 +151,7 @@ def distribution(r: Range) -> Any:
         return d.CategoricalDistribution(r.choices)
     if r.kind == "int":
         return d.IntDistribution(int(r.low), int(r.high), log=r.log, step=int(r.step or 1))  # type: ignore[arg-type]
-    return d.FloatDistribution(r.low, r.high, log=r.log, step=r.step)  # type: ignore[arg-type]
+    return d.FloatDistribution(r.low, r.high, log=r.log, step=r.step)
 
 
 # -- one trial's reports ------------------------------------------------------------

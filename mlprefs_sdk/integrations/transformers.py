@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from ._require import require
 
-_hf = require("transformers", "transformers", "mlprefs_sdk.integrations.transformers")
-TrainerCallback, TrainerControl = _hf.TrainerCallback, _hf.TrainerControl
-TrainerState, TrainingArguments = _hf.TrainerState, _hf.TrainingArguments
-
 if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
     from ..client import Client
     from ..training import TrainingHooks
+
+else:
+    _hf = require("transformers", "transformers", "mlprefs_sdk.integrations.transformers")
+    TrainerCallback, TrainerControl = _hf.TrainerCallback, _hf.TrainerControl
+    TrainerState, TrainingArguments = _hf.TrainerState, _hf.TrainingArguments
 
 __all__ = ["MlprefsCallback"]
 

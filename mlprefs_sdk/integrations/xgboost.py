@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._require import require
 
-xgb = require("xgboost", "xgboost", "mlprefs_sdk.integrations.xgboost")
+if TYPE_CHECKING:
+    import xgboost as xgb
+else:
+    xgb = require("xgboost", "xgboost", "mlprefs_sdk.integrations.xgboost")
 
 __all__ = ["MlprefsCallback"]
 

@@ -17,9 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MlprefsError
+from ..errors import MetricNotFoundError, MlprefsError
 from ..hookspecs import hookimpl
-from ..training import MetricNotFoundError
 
 if TYPE_CHECKING:
     from ..hookspecs import RunContext

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import InvalidValue
+from ..catalog import InvalidValueError
 from ..errors import FeatureDisabledError
 from . import _lifecycle
 from ._assignment import HASH_SCALE, KNOWN_UNITS_MAX, InvalidUnitError, Live, WriteBuffer, unit_text
@@ -303,7 +303,7 @@ class Experiments:
         key = f"ml.experiments.{setting}"
         try:
             return self._client.spec(key).check(value)
-        except InvalidValue as e:
+        except InvalidValueError as e:
             raise InvalidExperimentError(f"{setting} = {value!r} for experiment {name!r} "
                                          f"{e.reason} (the rule of {key})") from None
 

@@ -318,15 +318,7 @@ class DataPrivacy:
 
     def _purge_wal(self) -> None:
         """Checkpoint and truncate the WAL so erased rows' old page images leave the disk too."""
-        from ..store import SQLiteStore
-
-        if not isinstance(self._store, SQLiteStore) or self._store.location == ":memory:":
-            return
-        busy, _, _ = self._store.query("PRAGMA wal_checkpoint(TRUNCATE)")[0]
-        if busy:
-            log.warning("mlprefs: after an erasure the WAL of %s could not be truncated (another "
-                        "connection is reading); erased rows' old pages stay in it until the "
-                        "next checkpoint", self._store.location)
+        self._store.purge_erased()
 
     # -- sharing ------------------------------------------------------------------------
     def check_sharing(self, destination: str) -> None:

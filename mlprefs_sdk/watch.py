@@ -187,7 +187,7 @@ class Watcher:
         def store_changed() -> None:  # called by a store that pushes changes (PostgreSQL's listener)
             client = self._client()
             if client is not None:
-                client._refresh(STORE_SLOTS, origin="a store write by another process")
+                client.refresh(STORE_SLOTS, origin="a store write by another process")
 
         store_moved.on_change(store_changed)
         while not stop.is_set():

@@ -116,7 +116,13 @@ class WriteBuffer:
         self._thread: threading.Thread | None = None
         self._closed = False
         ref = weakref.ref(self)
-        self._atexit = lambda: (lambda b: b and b.close())(ref())
+
+        def at_exit() -> None:
+            buffer = ref()
+            if buffer:  # collected, or nothing buffered (len 0): nothing to write
+                buffer.close()
+
+        self._atexit = at_exit
         atexit.register(self._atexit)
         _lifecycle.register(self)  # flushed on SIGTERM / SIGINT; fork-safe
 

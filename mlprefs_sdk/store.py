@@ -18,6 +18,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -116,7 +117,9 @@ class SQLiteStore(SharedSql):
         self._reader: sqlite3.Connection | None = None
         self._pid = -1
         self._data_version = self._writer_version = -1
+        self._held_for_fork = (False, False)  # (write lock, read lock) taken before fork()
         self._connect()
+        _follow_forks(self)
 
     # -- connection ---------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -210,6 +213,30 @@ class SQLiteStore(SharedSql):
                 lambda: conn.execute("PRAGMA user_version").fetchone()[0], transaction,
                 lambda db, n: db.execute(f"PRAGMA user_version = {int(n)}"),
                 lambda e: str(e) if isinstance(e, sqlite3.Error) else None)
+
+    def hold_for_fork(self) -> None:
+        """Before fork(): let a write or read in progress in another thread end first.
+
+        SQLite keeps its file locks in a per-process table; a child forked while a connection
+        of this process is inside a transaction inherits that table with the lock held, and
+        its own next write then waits out the whole busy timeout. Waits at most FORK_WAIT_S.
+        """
+        got_write = self._write_lock.acquire(timeout=FORK_WAIT_S)
+        got_read = self._lock.acquire(timeout=FORK_WAIT_S)
+        if not (got_write and got_read):
+            log.warning("mlprefs: %s: a %s was still running %.0f s into fork(); the child "
+                        "opens fresh connections, but its first write may wait for the lock",
+                        self.location, "write" if not got_write else "read", FORK_WAIT_S)
+        self._held_for_fork = (got_write, got_read)
+
+    def release_after_fork(self) -> None:
+        """After fork(), on both sides: the forking thread lets go of what it took (in the
+        child, the next use also reconnects, see _after_fork)."""
+        (got_write, got_read), self._held_for_fork = self._held_for_fork, (False, False)
+        if got_read:
+            self._lock.release()
+        if got_write:
+            self._write_lock.release()
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks and connections, never the parent's."""
@@ -383,6 +410,30 @@ def _located(err: StoreError, code: int | None, path: str) -> StoreError:
     err.__cause__ = OSError(code, os.strerror(code), path) if code is not None else None
     err.__suppress_context__ = True
     return err
+
+
+FORK_WAIT_S = 2.0  # how long fork() waits for another thread's store transaction to end
+_FORK_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_fork_hooks_installed = False
+
+
+def _follow_forks(store: SQLiteStore) -> None:
+    """Hold every open SQLite store still across fork() (hooks installed once, on first use)."""
+    global _fork_hooks_installed
+    _FORK_STORES.add(store)
+    if not _fork_hooks_installed and hasattr(os, "register_at_fork"):
+        _fork_hooks_installed = True
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+def _before_fork() -> None:
+    for store in list(_FORK_STORES):
+        store.hold_for_fork()
+
+
+def _after_fork() -> None:
+    for store in list(_FORK_STORES):
+        store.release_after_fork()
 
 
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26

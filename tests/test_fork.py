@@ -260,11 +260,6 @@ def test_dataloader_fork_workers_read_and_reload_while_the_parent_watches(home, 
         del torch
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store, not the watcher: a fork while another SQLiteStore in the parent is inside a write "
-    "transaction gives the child SQLite's in-process lock table with that lock held, so the "
-    "child's next write waits out the 60 s busy timeout. Needs an at-fork hook in store.py "
-    "that lets open write transactions finish before fork()."))
 def test_fork_while_another_client_in_this_process_writes_never_hangs_the_child(home, toml):
     random.seed(os.getpid())
     writer, stop = Client(discover=False), threading.Event()

@@ -477,15 +477,13 @@ class Client:
 
     # -- fork (the watcher holds these across os.fork(): see _watchfork) ---------------
     def fork_locks(self) -> list[Any]:
-        """The locks a watcher thread takes: this client's, its store's and its dispatcher's."""
-        locks = [self._lock, getattr(self._store, "_lock", None), self._events.lock]
-        return [lock for lock in locks if lock is not None]
+        """The locks a watcher thread takes: this client's and its dispatcher's (the store
+        holds its own across fork(): see store.py)."""
+        return [self._lock, self._events.lock]
 
     def renew_fork_locks(self) -> None:
         """In a forked child: fresh locks for the ones a thread that is not there still holds."""
         self._lock = threading.RLock()
-        if hasattr(self._store, "_lock"):
-            self._store._lock = threading.RLock()
         self._events.renew_lock()
 
     def forget_watcher(self, watcher: Watcher) -> None:

@@ -237,6 +237,10 @@ class SQLiteStore(SharedSql):
             self._lock.release()
         if got_write:
             self._write_lock.release()
+        if os.getpid() != self._pid and not (got_write and got_read):
+            # In the child a thread that is not there kept one: new locks, new connections.
+            self._lock, self._write_lock = threading.RLock(), threading.RLock()
+            self._writer = None
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks and connections, never the parent's."""

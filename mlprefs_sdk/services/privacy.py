@@ -113,6 +113,9 @@ class DataPrivacy:
         self._policy: tuple[Any, DataPolicy] | None = None
         self._auto = AutoCleanup(self._store, lambda: self.policy.auto_cleanup_enabled,
                                  lambda stop: self._cleanup(None, "auto-cleanup", stop))
+        # Plugins load here, on the caller's thread: a fork() while the cleanup thread was
+        # importing them would leave the child waiting on an import lock nobody releases.
+        client.plugin_manager
         self._auto.start()
 
     # -- policy ---------------------------------------------------------------------
@@ -248,8 +251,8 @@ class DataPrivacy:
         gate = self._auto.gate  # held around each write, so no fork lands inside one
         counts = {table: delete_expired(self._store, table, column, before, stop, gate=gate)
                   for table, column in DATED_COLUMNS.items()}
-        hook = self._client.plugin_manager.hook
         with gate:
+            hook = self._client.plugin_manager.hook
             _add_plugin_counts(counts, "mlprefs_cleanup",
                                hook.mlprefs_cleanup(client=self._client, before=before))
         with gate, self._store.transaction() as db:

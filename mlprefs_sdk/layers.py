@@ -135,13 +135,12 @@ def store_layer(scope: str, scope_id: str, rows: Mapping[str, tuple[Any, float, 
     return Layer(scope, entries)
 
 
-def template_layer(name: str, saved: Mapping[str, Mapping[str, Any]]) -> Layer:
-    """A built-in or saved template; an unknown name is a problem listing the known ones."""
-    from .templates import BUILTIN_TEMPLATES
-
-    values = BUILTIN_TEMPLATES.get(name, saved.get(name))
+def template_layer(name: str, templates: Mapping[str, Mapping[str, Any]]) -> Layer:
+    """The named one of `templates` (every known one, built-in or saved); an unknown name is
+    a problem listing the known ones."""
+    values = templates.get(name)
     if values is None:
-        known = ", ".join(sorted({*BUILTIN_TEMPLATES, *saved}))
+        known = ", ".join(sorted(templates))
         problem = Problem(key="", value=name, source=Source("template"), rule="template",
                           message=f"template {name!r} does not exist; known: {known}")
         return Layer("template", {}, problems=(problem,))

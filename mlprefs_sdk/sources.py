@@ -19,6 +19,7 @@ from . import layers as L
 from .catalog import Catalog
 from .errors import MlprefsError
 from .locations import Locations, find_project_file
+from .templates import BUILTIN_TEMPLATES
 
 if TYPE_CHECKING:
     from .store import Store
@@ -112,7 +113,8 @@ class Sources:
         if slot == "template":
             if not self.template:
                 return (L.Layer("template", {}),)
-            return (L.template_layer(self.template, self.store.saved_templates()),)
+            known = {**self.store.saved_templates(), **BUILTIN_TEMPLATES}  # a built-in name wins
+            return (L.template_layer(self.template, known),)
         if slot in SCOPES:
             if slot == "project" and not self.project:
                 return (L.Layer("project", {}),)

@@ -123,6 +123,25 @@ class SQLiteStore(SharedSql):
 
     # -- connection ---------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        """Open and set up both connections; several processes opening a new store at once
+        retry until the budget runs out.
+
+        Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+        locked" at once, without waiting, when two connections each hold a shared lock and
+        both want it (a deadlock it refuses to wait on): DDP ranks starting together do that.
+        """
+        deadline, pause = time.monotonic() + self.timeout, 0.005
+        while True:
+            try:
+                return self._connect_once()
+            except StoreError as e:
+                locked = isinstance(e.__cause__, sqlite3.OperationalError) and _busy(e.__cause__)
+                if not locked or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _connect_once(self) -> sqlite3.Connection:
         path = self.location
         if path != ":memory:":
             self._prepare_file(path)
@@ -475,6 +494,10 @@ def integrity_check(path: str, limit: int = 20) -> list[str]:
         return [f"cannot be checked: {e}"]
     finally:
         conn.close()
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
 
 
 def _open_error(path: str, e: sqlite3.Error) -> StoreError:

@@ -339,3 +339,30 @@ def test_a_single_write_statement_that_cannot_get_the_lock_is_a_store_error(home
         with foreign_write_lock(home / "prefs.db") as holder:
             with pytest.raises(StoreError, match=f"database is locked \\(held by pid {holder.pid} "):
                 prefs.store.query("DELETE FROM templates WHERE name = ?", ("nope",))
+
+
+OPEN_AT_ONCE = """
+import sys, time
+start = float(sys.argv[1])
+while time.time() < start:
+    pass
+from mlprefs_sdk import Client
+with Client(discover=False) as prefs:
+    prefs.set("ml.performance.batch_size", 64)
+print("ok")
+"""
+
+
+def test_processes_opening_a_new_store_at_the_same_moment_all_start(tmp_path):
+    """DDP ranks start together: switching a new file to WAL makes SQLite refuse at once,
+    without waiting, when two openers deadlock on the upgrade; the open retries instead."""
+    import time
+
+    for round_ in range(4):
+        home = tmp_path / f"round{round_}"
+        env = {**os.environ, "MLPREFS_HOME": str(home), "MLPREFS_POLICY": str(tmp_path / "none.toml")}
+        start = str(time.time() + 1.0)
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, start], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [out for out, _ in results] == ["ok\n"] * 6, [err for _, err in results if err]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from _fork_helpers import in_child as run_in_child
 from _watch_helpers import TIMEOUT_S, Recorder, lr_toml, save_atomic, toml, wait_for  # noqa: F401
 
 from mlprefs_sdk import Client
@@ -24,32 +25,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 
 
-def in_child(body: Callable[[], None]) -> str:
-    """Run body in a forked child; return "ok" or the child's error (the child never hangs us)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, then leave without running the parent's cleanup
-        os.close(read)
-        code = 1
-        try:
-            body()
-            os.write(write, b"ok")
-            code = 0
-        except BaseException as e:
-            os.write(write, f"{type(e).__name__}: {e}".encode())
-        finally:
-            os._exit(code)
-    os.close(write)
-    deadline = time.monotonic() + TIMEOUT_S
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            os.close(read)
-            return "the child hung"
-        time.sleep(0.005)
-    with os.fdopen(read, "rb") as f:
-        return f.read().decode() or "the child died without a word"
+def in_child(body) -> str:
+    return run_in_child(body, TIMEOUT_S)
 
 
 def test_forked_child_has_the_snapshot_and_no_watcher_thread(home, toml):

@@ -3,11 +3,11 @@ auto-cleanup) are busy never leaves the child deadlocked: real os.fork(), real t
 
 from __future__ import annotations
 
-import os
 import random
 import time
 
 import pytest
+from _fork_helpers import in_child as run_in_child
 
 from mlprefs_sdk import Client
 from mlprefs_sdk.store import SQLiteStore
@@ -22,31 +22,7 @@ SETTINGS = {"ml.features.experiment_tracking": True, "ml.experiments.ab_testing_
 
 
 def in_child(body) -> str:
-    """Run body in a forked child; "ok", the child's error, or "hung" (then it is killed)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        code = 1
-        try:
-            body()
-            os.write(write, b"ok")
-            code = 0
-        except BaseException as e:
-            os.write(write, f"{type(e).__name__}: {e}".encode())
-        finally:
-            os._exit(code)
-    os.close(write)
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            os.close(read)
-            return "hung"
-        time.sleep(0.002)
-    with os.fdopen(read, "rb") as f:
-        return f.read().decode() or "died without a word"
+    return run_in_child(body, CHILD_TIMEOUT_S)
 
 
 def old_rows(home, n: int) -> None:

@@ -178,13 +178,16 @@ RESOURCE_SCRIPT = textwrap.dedent("""
     with Client(overrides=overrides) as prefs:
         if sys.argv[1] == "memory":
             ballast = b"x" * (640 * 2**20)
-        else:
+        raised = []
+        if sys.argv[1] == "cpu":
             os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-            prefs.monitor.check()
+            # a slow first check (a loaded machine) may already count as busy: keep its alerts
+            raised = prefs.monitor.check()
             end = time.monotonic() + 0.5
             while time.monotonic() < end:
                 pass
-        print(json.dumps([str(a) for a in prefs.monitor.check() if a.kind == "resource"]))
+        raised += prefs.monitor.check()
+        print(json.dumps([str(a) for a in raised if a.kind == "resource"]))
 """)
 
 

@@ -160,6 +160,7 @@ class Monitor:
         atexit.register(self._atexit)
         _lifecycle.register(self)  # flushed on SIGTERM / SIGINT; fork-safe
         client.data  # first use of a data service starts the retention schedule
+        self._cpu = CpuMeter()  # from here: the SDK's own start-up (plugins loading) is not the process's load
 
     # -- recording ------------------------------------------------------------------
     def record(self, model: str, version: str, accuracy: float | None = None,

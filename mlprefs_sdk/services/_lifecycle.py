@@ -126,7 +126,8 @@ def _install_signal_handlers() -> None:
     global _signals_installed
     if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
-    _signals_installed = True
+    global _installed_pid
+    _signals_installed, _installed_pid = True, os.getpid()
     for name in SIGNALS:
         signum = getattr(signal, name, None)
         if signum is None:
@@ -145,7 +146,13 @@ pending: set[int] = set()
 _in_handler = threading.Lock()  # held by the main thread while it runs _on_signal
 
 
+_installed_pid = -1
+
+
 def _on_signal(signum: int, frame: Any) -> None:
+    if os.getpid() != _installed_pid:  # a forked child (a Pool worker) being stopped: the
+        _chain(signum, frame)          # buffers are the parent's; never hold its exit up
+        return
     if not _in_handler.acquire(blocking=False):  # a signal inside our own handler: merge it
         pending.add(signum)
         return
@@ -155,6 +162,11 @@ def _on_signal(signum: int, frame: Any) -> None:
             return
     finally:
         _in_handler.release()
+    _chain(signum, frame)
+
+
+def _chain(signum: int, frame: Any) -> None:
+    """Hand the signal on: the handler that was there before ours, else the default."""
     previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)

@@ -132,8 +132,7 @@ class RankSync:
     """One run's collectives: rank 0 sends, every rank applies, at the same global step."""
 
     def __init__(self, hooks: TrainingHooks, dist: Any, group: Any = None) -> None:
-        import torch  # a process group is up, so torch is loaded already
-
+        torch = sys.modules["torch"]  # a process group is up, so torch is loaded already
         self.hooks, self.group = hooks, group
         self._dist, self._torch = dist, torch
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)

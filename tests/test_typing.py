@@ -14,14 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "typing" / "user_script.py"
 
 
-def mypy(tmp_path: Path, script: Path) -> subprocess.CompletedProcess[str]:
+def mypy(tmp_path: Path, script: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """mypy --strict as a user runs it: errors in the script count, the library is read for its
     types (--follow-imports=silent, as for an installed package with py.typed)."""
     pytest.importorskip("mypy")
     env = {**os.environ, "MYPYPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-         "--cache-dir", str(tmp_path / "mypy-cache"), str(script)],
+         "--cache-dir", str(tmp_path / "mypy-cache"), *options, str(script)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 
@@ -33,6 +33,18 @@ def test_the_user_script_passes_mypy_strict(tmp_path):
     done = mypy(tmp_path, SCRIPT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Success: no issues found" in done.stdout
+
+
+def test_checking_a_user_script_reads_no_ml_framework(tmp_path):
+    """The optional parts import their libraries in ways a type checker does not follow, so
+    a user's mypy run costs seconds, not minutes of analysing torch, MLflow and transformers."""
+    done = mypy(tmp_path, SCRIPT, "--verbose")
+    parsed = [line for line in done.stderr.splitlines() if "Parsing " in line]
+    assert any("mlprefs_sdk" in line for line in parsed), done.stderr[-2000:]
+    frameworks = ("torch", "lightning", "transformers", "keras", "xgboost", "sklearn", "optuna",
+                  "opacus", "mlflow", "wandb", "openfeature", "numpy", "matplotlib", "psycopg")
+    read = sorted({f for line in parsed for f in frameworks if f"site-packages/{f}/" in line})
+    assert read == []
 
 
 def test_a_misspelt_service_method_fails_mypy_strict(tmp_path):

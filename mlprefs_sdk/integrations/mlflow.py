@@ -74,9 +74,7 @@ class MlflowSink:
         mlflow = _mlflow()
         self.run_id = run_id
         self._client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        import mlflow.entities
-
-        self._entities = mlflow.entities
+        self._entities = require("mlflow.entities", "mlflow", "mlprefs_sdk.integrations.mlflow")
 
     def start(self, entries: Iterable[tuple[str, Any, str, bool]], step: int = 0) -> None:
         """entries: (key, value, source, sensitive): params and source tags in one batch.

@@ -86,14 +86,13 @@ def _connect(path: str) -> sqlite3.Connection:
 def _retry(fn: Callable[[], Any], what: str) -> Any:
     """Two processes creating one study on a fresh store race on its tables and rows: the
     loser's CREATE TABLE or INSERT fails, and a moment later everything exists. Retry."""
-    import sqlalchemy.exc
-
+    sqlalchemy_exc = require("sqlalchemy.exc", "tune", "mlprefs_sdk.integrations.optuna")
     delay = 0.02
     for attempt in range(12):
         try:
             return fn()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
-                sqlalchemy.exc.ProgrammingError, optuna.exceptions.DuplicatedStudyError) as e:
+        except (sqlalchemy_exc.OperationalError, sqlalchemy_exc.IntegrityError,
+                sqlalchemy_exc.ProgrammingError, optuna.exceptions.DuplicatedStudyError) as e:
             if attempt == 11:
                 raise StudyError(f"cannot {what}: {e}") from e
             log.debug("mlprefs: %s raced with another process (%s); retrying", what, e)

@@ -9,6 +9,7 @@ tells the running trial FAIL and ends the study, keeping every finished trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import sqlite3
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MlprefsError
@@ -119,23 +120,38 @@ def make_pruner(name: str) -> Any:
     return optuna.pruners.MedianPruner()
 
 
-def open_study(client: Client, name: str, seed: int | None = None) -> Any:
+@contextlib.contextmanager
+def opened(url: str | None) -> Iterator[Any]:
+    """A study storage, and its database connections closed afterwards (SQLAlchemy pools
+    them; left to the garbage collector they would stay open until then)."""
+    storage = _retry(lambda: _storage(url), "open the tuning storage")
+    try:
+        yield storage
+    finally:
+        engine = getattr(storage, "engine", None)  # RDBStorage's; InMemoryStorage has none
+        if engine is not None:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def open_study(client: Client, name: str, seed: int | None = None) -> Iterator[Any]:
     """Create the named study beside the store, or join it when another process has."""
-    url = storage_url(client.locations.store)
     direction = "minimize" if client.get("ml.training.early_stopping_mode") == "min" else "maximize"
     sampler = make_sampler(client.get(K + "sampler"), seed)
     pruner = make_pruner(client.get(K + "pruner"))
+    with opened(storage_url(client.locations.store)) as storage:
 
-    def create() -> Any:
-        return optuna.create_study(storage=_storage(url), study_name=name, direction=direction,
-                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+        def create() -> Any:
+            return optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                       sampler=sampler, pruner=pruner, load_if_exists=True)
 
-    study = _retry(create, f"open tuning study {name!r}")
-    if study.direction.name.lower() != direction:
-        raise StudyError(f"study {name!r} exists and {study.direction.name.lower()}s, but "
-                         f"ml.training.early_stopping_mode is "
-                         f"{client.get('ml.training.early_stopping_mode')!r}; use another study name")
-    return study
+        study = _retry(create, f"open tuning study {name!r}")
+        if study.direction.name.lower() != direction:
+            raise StudyError(f"study {name!r} exists and {study.direction.name.lower()}s, but "
+                             f"ml.training.early_stopping_mode is "
+                             f"{client.get('ml.training.early_stopping_mode')!r}; use another "
+                             f"study name")
+        yield study
 
 
 def default_study_name() -> str:
@@ -203,28 +219,28 @@ def _loop(client: Client, ranges: Mapping[str, Range], n_trials: int | None,
           run: Callable[[Any, Any, dict[str, Any], str], None]) -> TuneResult:
     n, timeout = _limits(client, n_trials, timeout_s)
     name = study_name or default_study_name()
-    study = open_study(client, name, seed)
-    dists = {key: distribution(r) for key, r in ranges.items()}
-    start = time.monotonic()
-    interrupted = False
-    for _ in range(n):
-        if timeout is not None and time.monotonic() - start >= timeout:
-            log.info("mlprefs: study %s: timeout of %g s reached", name, timeout)
-            break
-        trial = _retry(lambda: study.ask(dists), "ask the study for a trial")
-        values = {key: trial.params[key] for key in ranges}
-        try:
-            run(study, trial, values, name)
-        except KeyboardInterrupt:
+    with open_study(client, name, seed) as study:
+        dists = {key: distribution(r) for key, r in ranges.items()}
+        start = time.monotonic()
+        interrupted = False
+        for _ in range(n):
+            if timeout is not None and time.monotonic() - start >= timeout:
+                log.info("mlprefs: study %s: timeout of %g s reached", name, timeout)
+                break
+            trial = _retry(lambda: study.ask(dists), "ask the study for a trial")
+            values = {key: trial.params[key] for key in ranges}
             try:
-                study.tell(trial, state=States.FAIL)
-            except (RuntimeError, ValueError) as e:  # Ctrl-C came after the trial was told
-                log.debug("mlprefs: trial %d was already finished: %s", trial.number, e)
-            interrupted = True
-            log.warning("mlprefs: study %s interrupted during trial %d; the finished trials are "
-                        "kept", name, trial.number)
-            break
-    return result_of(client, study, interrupted)
+                run(study, trial, values, name)
+            except KeyboardInterrupt:
+                try:
+                    study.tell(trial, state=States.FAIL)
+                except (RuntimeError, ValueError) as e:  # Ctrl-C came after the trial was told
+                    log.debug("mlprefs: trial %d was already finished: %s", trial.number, e)
+                interrupted = True
+                log.warning("mlprefs: study %s interrupted during trial %d; the finished trials "
+                            "are kept", name, trial.number)
+                break
+        return result_of(client, study, interrupted)
 
 
 def _tell(study: Any, trial: Any, objective: float | None, pruned: str | None, what: str) -> None:
@@ -302,8 +318,6 @@ def run_command(client: Client, command: Sequence[str], ranges: Mapping[str, Ran
     if client.project:
         base.setdefault("MLPREFS_PROJECT", client.project)
 
-    reader = _retry(lambda: _storage(url), "open the tuning storage")
-
     def run(st: Any, trial: Any, values: dict[str, Any], name: str) -> None:
         spec = {"storage": url, "study": name, "trial": trial.number, "pruner": pruner,
                 "direction": "minimize" if minimize else "maximize"}
@@ -329,7 +343,8 @@ def run_command(client: Client, command: Sequence[str], ranges: Mapping[str, Ran
               "the command reported no ml.training.early_stopping_metric (does it build "
               "prefs.training_hooks() and pass metrics to on_epoch_end?)")
 
-    return _loop(client, ranges, n_trials, timeout_s, study, seed, run)
+    with opened(url) as reader:
+        return _loop(client, ranges, n_trials, timeout_s, study, seed, run)
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:

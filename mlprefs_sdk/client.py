@@ -89,6 +89,8 @@ class Client:
         self.sources = Sources(self.locations, self._store, self.user, files=files,
                                discover=discover, env=env, overrides=overrides)
         self._slots: dict[str, tuple[L.Layer, ...]] = {}  # the layers the view was resolved from
+        self._installs = 0     # views installed so far, and reads of the store scopes among
+        self._store_reads = 0  # them: _write() tells by these whether what it checked is current
         try:
             project_layer = self.sources.read_project_file()
             meta = project_layer.meta
@@ -270,14 +272,30 @@ class Client:
         """
         self._check_writable(changes)
         scope_id = self.sources.scope_id(scope)
+        checked: list[tuple[dict[str, tuple[L.Layer, ...]], View, int]] = []
 
         def check() -> None:
-            _, problems = self._resolve(self._read_slots(SCOPES))
+            installs = self._installs  # before _resolve copies the slots
+            fresh = self._read_slots(SCOPES)
+            view, problems = self._resolve(fresh)
             if problems:
                 raise _error(problems)
+            checked[:] = [(fresh, view, installs)]
 
+        reads = self._store_reads
         entries = self._store.write(scope, scope_id, changes, self.user, reason, check=check)
-        self.refresh(SCOPES, origin="a set() by this client")
+        # What the last check() read under the write's locks is what its commit left: install
+        # it without reading the store again (nor resolving again, if no other layer changed),
+        # unless this client installed a read of the store since the write began (its
+        # watcher's), which may hold later commits of others.
+        origin = "a set() by this client"
+        with self._lock:
+            if not checked or reads != self._store_reads:
+                self._apply(self._read_slots(SCOPES), origin)
+            elif checked[0][2] != self._installs:
+                self._apply(checked[0][0], origin)
+            else:
+                self._install_slots(checked[0][0], checked[0][1])
         return entries
 
     _set_many = set_many  # the name it had before it was public
@@ -389,19 +407,29 @@ class Client:
         read that raced with a write, or a bad one that may still be a save in progress.
         """
         with self._lock:
-            fresh = self._read_slots(slots)
-            view, problems = self._resolve(fresh)
-            if accept is not None and not accept(not problems):
-                return None
-            if problems:
-                err = _error(problems)
-                log.error("mlprefs: %s rejected; keeping the last good preferences:\n%s", origin, err)
-                self._events.fire("error", err)
-                if strict:
-                    raise err
-                return ChangeSet(())
-            self._slots.update(fresh)
-            return self._swap(view)
+            return self._apply(self._read_slots(slots), origin, strict, accept)
+
+    def _apply(self, fresh: dict[str, tuple[L.Layer, ...]], origin: str, strict: bool = False,
+               accept: Callable[[bool], bool] | None = None) -> ChangeSet | None:
+        """refresh() once the layers are read (under self._lock)."""
+        view, problems = self._resolve(fresh)
+        if accept is not None and not accept(not problems):
+            return None
+        if problems:
+            err = _error(problems)
+            log.error("mlprefs: %s rejected; keeping the last good preferences:\n%s", origin, err)
+            self._events.fire("error", err)
+            if strict:
+                raise err
+            return ChangeSet(())
+        return self._install_slots(fresh, view)
+
+    def _install_slots(self, fresh: dict[str, tuple[L.Layer, ...]], view: View) -> ChangeSet:
+        """Keep the layers a valid view was resolved from, and swap that view in."""
+        self._slots.update(fresh)
+        if not fresh.keys().isdisjoint(SCOPES):
+            self._store_reads += 1
+        return self._swap(view)
 
     def set_rank_layer(self, layer: L.Layer | None, origin: str) -> bool:
         """Hold rank 0's values as an extra runtime layer (None: drop it); False when the
@@ -420,6 +448,7 @@ class Client:
     def _swap(self, view: View, keys: Iterable[str] | None = None) -> ChangeSet:
         """Install the view and announce what changed (only among `keys`, when given)."""
         old = self._view
+        self._installs += 1
         self._install(view)
         new_values, old_values = view.values, old.values
         if keys is None:

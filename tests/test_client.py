@@ -96,6 +96,25 @@ def test_set_stores_validates_and_updates_the_view_at_once(prefs):
     assert prefs.explain(BATCH).source.layer == "project"
 
 
+def test_a_set_never_installs_a_store_read_older_than_one_the_client_already_has(prefs,
+                                                                                 monkeypatch):
+    """set() installs what its validation read under the write's locks, unless a newer read
+    of the store (a watcher's) was installed meanwhile: then it reads the store again."""
+    other = Client(user="alice", project="churn")
+    write = prefs.store.write
+
+    def commit_then_another_host_writes_and_is_heard(*args, **kwargs):
+        entries = write(*args, **kwargs)
+        other.set(BATCH, 48)  # committed after ours...
+        prefs.reload()        # ...and installed here, as the watcher would
+        return entries
+
+    monkeypatch.setattr(prefs.store, "write", commit_then_another_host_writes_and_is_heard)
+    with other:
+        prefs.set(LR, 0.02)
+    assert (prefs.get(LR), prefs.get(BATCH)) == (0.02, 48)
+
+
 def test_set_of_a_wrong_type_writes_nothing(prefs):
     with pytest.raises(ValidationError, match=r"ml.performance.batch_size = \"64\" in user "
                                               r"\(user 'alice'\) has type str"):

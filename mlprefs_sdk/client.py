@@ -14,6 +14,7 @@ import attrs
 
 from . import layers as L
 from ._log import ensure_visible
+from .attachments import Attachments
 from .catalog import Catalog, InvalidValueError, KeySpec
 from .errors import ConfigFileError, LockedKeyError, MlprefsError, UnknownKeyError, ValidationError
 from .events import Dispatcher, Subscription
@@ -25,15 +26,7 @@ from .values import LAYERS, UNSET, Change, ChangeSet, Explanation, HistoryEntry,
 if TYPE_CHECKING:
     from .events import Dispatcher as _Events
     from .handle import ClientHandle
-    from .services.curves import Curves
-    from .services.experiments import Experiments
-    from .services.feedback import Feedback
-    from .services.monitor import Monitor
-    from .services.privacy import DataPrivacy
-    from .services.registry import ModelRegistry
     from .store import Store
-    from .templates import Templates
-    from .training import TrainingHooks
     from .watch import Watcher
 
 __all__ = ["Client"]
@@ -58,7 +51,7 @@ def _login() -> str:
         return f"uid{os.getuid()}"
 
 
-class Client:
+class Client(Attachments):
     """What are my ML preferences right now? Reads never lock: they hit an immutable view."""
 
     def __init__(
@@ -544,13 +537,7 @@ class Client:
                 f"store={self._store.shown!r} "  # no password
                 f"keys={len(self._values)}>")
 
-    # -- attached features --------------------------------------------------------
-    @property
-    def templates(self) -> Templates:
-        from .templates import Templates
-
-        return Templates(self)
-
+    # -- what the collaborators hold -------------------------------------------------
     @property
     def store(self) -> Store:
         return self._store
@@ -559,101 +546,6 @@ class Client:
     def events(self) -> _Events:
         """This client's dispatcher: change subscriptions and named events (error, alert, ...)."""
         return self._events
-
-    @property
-    def services(self) -> tuple[Any, ...]:
-        """The services attached so far (prefs.data, prefs.monitor, ...), in attachment order."""
-        return tuple(self._services.values())
-
-    def _service(self, cls: type[T]) -> T:
-        svc = self._services.get(cls)
-        if svc is None:
-            svc = self._services[cls] = cls(self)  # type: ignore[call-arg]
-        return svc
-
-    @property
-    def plugin_manager(self) -> Any:
-        """This client's pluggy PluginManager (built-in and installed plugins), built on first use."""
-        if self._pm is None:
-            from .plugins import make_plugin_manager
-
-            with self._lock:
-                if self._pm is None:
-                    self._pm = make_plugin_manager(self.register)
-        return self._pm
-
-    def tune(self, train: Callable[[Client], float | None], space: Mapping[str, Any] | None = None,
-             n_trials: int | None = None, timeout_s: float | None = None, study: str | None = None,
-             *, seed: int | None = None) -> Any:
-        """Optuna over the [tune.space] keys; each trial calls train(self) with the trial's
-        values in the runtime layer (SPEC section 9). Needs ml.features.auto_optimization."""
-        from .tuning import tune
-
-        return tune(self, train, space=space, n_trials=n_trials, timeout_s=timeout_s,
-                    study=study, seed=seed)
-
-    def training_hooks(self, optimizer: Any = None, scheduler: Any = None, model: Any = None,
-                       run_id: str | None = None, distributed: Any = False) -> TrainingHooks:
-        """The framework-agnostic training driver every adapter is built on (docs/training.md)."""
-        from .training import TrainingHooks
-
-        return TrainingHooks(self, optimizer=optimizer, scheduler=scheduler, model=model,
-                             run_id=run_id, distributed=distributed)
-
-    @property
-    def curves(self) -> Curves:
-        from .services.curves import Curves
-
-        return self._service(Curves)
-
-    @property
-    def data(self) -> DataPrivacy:
-        from .services.privacy import DataPrivacy
-
-        return self._service(DataPrivacy)
-
-    @property
-    def monitor(self) -> Monitor:
-        from .services.monitor import Monitor
-
-        return self._service(Monitor)
-
-    @property
-    def feedback(self) -> Feedback:
-        from .services.feedback import Feedback
-
-        return self._service(Feedback)
-
-    @property
-    def models(self) -> ModelRegistry:
-        from .services.registry import ModelRegistry
-
-        return self._service(ModelRegistry)
-
-    @property
-    def experiments(self) -> Experiments:
-        from .services.experiments import Experiments
-
-        return self._service(Experiments)
-
-    @functools.cached_property
-    def pseudonym(self) -> Callable[[str], str]:
-        """subject -> keyed pseudonym; shared by every service that stores subject ids."""
-        from .pseudonym import Pseudonymizer
-
-        return Pseudonymizer(self.locations.secret)
-
-    @property
-    def _pseudonym(self) -> Callable[[str], str]:  # the name it had before it was public
-        return self.pseudonym
-
-    def on_alert(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
-        """Monitoring alerts (prefs.monitor.check())."""
-        return self._events.listen("alert", callback)
-
-    def on_retrain(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
-        """Retraining triggers (prefs.feedback.retrain_needed())."""
-        return self._events.listen("retrain", callback)
 
 
 def _error(problems: list[Problem]) -> ValidationError:

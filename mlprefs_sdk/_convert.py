@@ -20,10 +20,41 @@ T = TypeVar("T")
 
 @functools.cache
 def converter() -> Any:
-    """Import cattrs only when first needed; extra keys are errors, so typos surface."""
+    """Import cattrs only when first needed; extra keys are errors, so typos surface, and a
+    scalar that does not fit its field is an error rather than quietly converted (cattrs
+    alone would make int(0.001) == 0, str(5) == "5", bool("false") == True)."""
     import cattrs
 
-    return cattrs.Converter(forbid_extra_keys=True)
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _to_int)
+    conv.register_structure_hook(float, _to_float)
+    conv.register_structure_hook(bool, _exactly(bool))
+    conv.register_structure_hook(str, _exactly(str))
+    return conv
+
+
+def _to_int(value: Any, _: type) -> int:
+    """An int, or a float with nothing after the point (a value like 0.5 would be cut)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{format_value(value)} is not a whole number")
+
+
+def _to_float(value: Any, _: type) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{format_value(value)} is not a number")
+
+
+def _exactly(kind: type) -> Any:
+    def hook(value: Any, _: type) -> Any:
+        if type(value) is not kind:
+            raise ValueError(f"{format_value(value)} is not a {kind.__name__}")
+        return value
+
+    return hook
 
 
 def fields(cls: type) -> list[tuple[str, bool]]:

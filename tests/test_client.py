@@ -273,6 +273,28 @@ def test_load_into_a_field_of_the_wrong_type_is_a_validation_error(prefs):
                             "Wrong.early_stopping_metric: invalid value for type, expected int")
 
 
+@pytest.mark.parametrize("field_type, key, value", [
+    (int, LR, 0.02),                                  # would be cut to 0
+    (str, "ml.training.max_iterations", 500),         # would become "500"
+    (bool, "ml.training.early_stopping_metric", "x"),  # any non-empty string would be True
+])
+def test_load_never_converts_a_value_that_does_not_fit_its_field(prefs, field_type, key, value):
+    prefs.set(key, value)
+    cls = attrs.make_class("Fields", {key.rsplit(".", 1)[1]: attrs.field(type=field_type)})
+    with pytest.raises(ValidationError, match=rf"{key} = .* does not fit Fields\."):
+        prefs.load(cls, prefix=key.rsplit(".", 1)[0])
+
+
+def test_load_takes_a_whole_float_for_an_int_field_and_an_int_for_a_float(prefs):
+    @attrs.frozen
+    class Mixed:
+        learning_rate: int      # a float key holding a whole number
+        max_iterations: float   # an int key
+
+    prefs.set(LR, 1.0)
+    assert prefs.load(Mixed, prefix="ml.training") == Mixed(1, 1000.0)
+
+
 # -- overrides -------------------------------------------------------------------------
 
 

@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mlprefs_sdk._statpoll import DEBOUNCE_MS, STEP_MS
+
 TIMEOUT_S = 5.0
 
 __all__ = ["TIMEOUT_S", "toml", "save_atomic", "save_in_place", "save_paused", "pct", "wait_until",
-           "save_latencies", "cpu_percent", "idle_sleep_loop"]
+           "save_latencies", "cpu_percent", "idle_sleep_loop", "idle_raw_watchfiles"]
 
 
 def toml(value: float) -> str:
@@ -96,3 +98,20 @@ def idle_sleep_loop() -> Callable[[], None]:
     t = threading.Thread(target=loop)
     t.start()
     return lambda: (stop.set(), t.join())
+
+
+def idle_raw_watchfiles(work: Path) -> Callable[[], Callable[[], None]]:
+    def setup() -> Callable[[], None]:
+        from watchfiles._rust_notify import RustNotify
+
+        stop = threading.Event()
+        notify = RustNotify([str(work)], False, False, 0, False, False)
+
+        def loop() -> None:
+            while not stop.is_set():
+                notify.watch(DEBOUNCE_MS, STEP_MS, STEP_MS, stop)
+
+        t = threading.Thread(target=loop)
+        t.start()
+        return lambda: (stop.set(), t.join(), notify.close())
+    return setup

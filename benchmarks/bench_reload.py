@@ -37,6 +37,7 @@ from typing import Any
 
 from _edits import (
     cpu_percent,
+    idle_raw_watchfiles,
     idle_sleep_loop,
     pct,
     save_atomic,
@@ -376,23 +377,6 @@ def bench_store(work: Path, n: int, gap: float) -> tuple[list[float], list[float
 
 
 # -- idle CPU and close ---------------------------------------------------------------------------
-def idle_raw_watchfiles(work: Path) -> Callable[[], Callable[[], None]]:
-    def setup() -> Callable[[], None]:
-        from watchfiles._rust_notify import RustNotify
-
-        stop = threading.Event()
-        notify = RustNotify([str(work)], False, False, 0, False, False)
-
-        def loop() -> None:
-            while not stop.is_set():
-                notify.watch(DEBOUNCE_MS, STEP_MS, STEP_MS, stop)
-
-        t = threading.Thread(target=loop)
-        t.start()
-        return lambda: (stop.set(), t.join(), notify.close())
-    return setup
-
-
 def idle_client(backend: str) -> Callable[[], Callable[[], None]]:
     def setup() -> Callable[[], None]:
         os.environ["MLPREFS_WATCH"] = backend

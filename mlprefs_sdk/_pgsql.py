@@ -27,7 +27,7 @@ from ._migrations import POSTGRESQL, Dialect
 from .errors import StoreError
 
 __all__ = ["VERSION_TABLE", "translate", "PgConnection", "PgCursor", "plain_number", "is_read",
-           "plain_insert", "change_params", "CHANGE_ROW", "SCOPE_ROWS"]
+           "plain_insert", "change_params", "CHANGE_ROW", "SCOPE_ROWS", "PREPARED"]
 
 VERSION_TABLE = "mlprefs_schema_version"
 _TYPES = {"INTEGER": POSTGRESQL.integer, "REAL": POSTGRESQL.real}
@@ -184,13 +184,16 @@ class PgConnection:
         except self._errors as e:
             raise self._on_error(sql, e) from e
 
-    def execute_native(self, sql: str, params: Any) -> PgCursor:
-        """A statement already in PostgreSQL's spelling (psycopg placeholders), as is."""
+    def execute_prepared(self, name: str, params: Sequence[Any]) -> list[tuple[str | None, ...]]:
+        """A statement prepared on the session (PREPARED), by name; its rows as text."""
+        from . import _pgwire  # psycopg: only once a PostgreSQL store is in use
+
         self.wrote = True
         try:
-            return PgCursor(self.raw.execute(sql, params))
+            (result,) = _pgwire.exchange(self.raw, [(True, (name.encode(), _pgwire.texts(params)))])
         except self._errors as e:
-            raise self._on_error(sql, e) from e
+            raise self._on_error(name, e) from e
+        return _pgwire.rows(result)
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> PgCursor:
         """Many rows: a plain INSERT of parameters goes in by COPY (several times faster than
@@ -237,28 +240,32 @@ def plain_insert(sql: str) -> Any:
 
 # -- the store's own statements, in PostgreSQL's spelling ------------------------------
 
+# Prepared once per session (names below), run by _pgwire with text parameters.
 CHANGE_ROW = """
-WITH old AS (SELECT value FROM prefs
-             WHERE scope = %(scope)s AND scope_id = %(scope_id)s AND key = %(key)s),
+WITH old AS (SELECT value FROM prefs WHERE scope = $1 AND scope_id = $2 AND key = $3),
 put AS (INSERT INTO prefs (scope, scope_id, key, value, updated_at, actor)
-        SELECT %(scope)s, %(scope_id)s, %(key)s, %(new)s::text, %(at)s, %(actor)s
-        WHERE %(new)s::text IS NOT NULL
+        SELECT $1, $2, $3, $4::text, $5::double precision, $6
+        WHERE $4::text IS NOT NULL
         ON CONFLICT (scope, scope_id, key) DO UPDATE SET value = excluded.value,
             updated_at = excluded.updated_at, actor = excluded.actor),
-gone AS (DELETE FROM prefs WHERE %(new)s::text IS NULL AND scope = %(scope)s
-         AND scope_id = %(scope_id)s AND key = %(key)s)
+gone AS (DELETE FROM prefs WHERE $4::text IS NULL AND scope = $1 AND scope_id = $2
+         AND key = $3)
 INSERT INTO history (scope, scope_id, key, old, new, at, actor, reason, run_id, step)
-SELECT %(scope)s, %(scope_id)s, %(key)s, (SELECT value FROM old), %(new)s::text, %(at)s,
-       %(actor)s, %(reason)s::text, %(run_id)s::text, %(step)s::bigint
-WHERE %(new)s::text IS NOT NULL OR EXISTS (SELECT 1 FROM old)
+SELECT $1, $2, $3, (SELECT value FROM old), $4::text, $5::double precision, $6, $7::text,
+       $8::text, $9::bigint
+WHERE $4::text IS NOT NULL OR EXISTS (SELECT 1 FROM old)
 RETURNING id, old"""
 
+SCOPE_ROWS = "SELECT key, value, updated_at, actor FROM prefs WHERE scope = $1 AND scope_id = $2"
 
-SCOPE_ROWS = "SELECT key, value, updated_at, actor FROM prefs WHERE scope = %s AND scope_id = %s"
+# A write's notification, in a transaction of its own that does not wait for a flush.
+NOTIFY = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, 'commit')"
+
+PREPARED = {"mlprefs_change": CHANGE_ROW, "mlprefs_scope_rows": SCOPE_ROWS,
+            "mlprefs_notify": NOTIFY}
 
 
 def change_params(where: tuple[str, str, str], new_text: str | None, now: float, actor: str,
-            why: tuple[str | None, str | None, int | None]) -> dict[str, Any]:
-    """The parameters of CHANGE_ROW."""
-    return {"scope": where[0], "scope_id": where[1], "key": where[2], "new": new_text,
-            "at": now, "actor": actor, "reason": why[0], "run_id": why[1], "step": why[2]}
+                  why: tuple[str | None, str | None, int | None]) -> list[Any]:
+    """The parameters of CHANGE_ROW, in order."""
+    return [*where, new_text, now, actor, *why]

@@ -41,13 +41,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
 from psycopg.adapt import Loader
 
+from . import _pgwire
 from ._migrations import MIGRATIONS, migrate
 from ._pglisten import HEARTBEAT_S, Listener
 from ._pglisten import say as _say
-from ._pgsql import CHANGE_ROW, SCOPE_ROWS, VERSION_TABLE, PgConnection, change_params, is_read, plain_number, translate
+from ._pgsql import PREPARED, VERSION_TABLE, PgConnection, change_params, is_read, plain_number, translate
 from ._sharedsql import SharedSql, dump, load
 from .errors import StoreError
 from .store import UNSET, lock_timeout
@@ -90,8 +90,8 @@ class PostgresStore(SharedSql):
                     ) -> tuple[int, str | None] | None:
         """SharedSql._change_row in one statement, so one round trip: data-modifying CTEs
         all see the rows as they were before the statement (the old value)."""
-        row = db.execute_native(CHANGE_ROW, change_params(where, new_text, now, actor, why)).fetchone()
-        return None if row is None else (row[0], row[1])
+        rows = db.execute_prepared("mlprefs_change", change_params(where, new_text, now, actor, why))
+        return _changed(rows)
 
     def __init__(self, location: str) -> None:
         self.location = location
@@ -101,7 +101,7 @@ class PostgresStore(SharedSql):
         self._write_lock = threading.RLock()  # the write connection and its transaction
         self._writer: int | None = None       # the thread inside transaction(), if any
         self._held: set[tuple[str, str]] | None = None  # scopes locked by write(), inside it
-        self._head: Any = None        # inside write(): the cursors queued with BEGIN
+        self._head: Any = None        # inside write(): the results of what ran with BEGIN
         self._prefetched: tuple[tuple[str, str], list[tuple]] | None = None  # its scope's rows
         self._conn: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
@@ -124,6 +124,9 @@ class PostgresStore(SharedSql):
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to the store {self.shown}: {_say(e)}") from None
         conn.adapters.register_loader("numeric", _NumberLoader)
+        # The store prepares what write() runs itself (_pgwire); psycopg's automatic
+        # preparation would DEALLOCATE ALL after any ROLLBACK, the store's statements too.
+        conn.prepare_threshold = None
         return conn
 
     def _connect(self) -> None:
@@ -138,19 +141,18 @@ class PostgresStore(SharedSql):
             self.channel = f"mlprefs:{schema}"[:63]
             lock_id = zlib.crc32(f"mlprefs:{schema}".encode()) - 2**31
             self.lock_id = lock_id
-            wait_ms = max(1, round(self.timeout * 1000))
-            # Several statements in one round trip each (no parameters: psycopg then allows it).
-            self._begin = f"SELECT set_config('lock_timeout', '{wait_ms}', true)"
+            self._wait_ms = str(max(1, round(self.timeout * 1000))).encode()
             # The notification goes out in a transaction of its own after the durable commit,
             # without waiting for its own flush: NOTIFY inside the write transaction would hold
             # the server's notify-queue lock across that transaction's WAL flush, and so
             # serialise every writer's commit (no group commit).
-            self._commit_notify = pgsql.SQL(
-                "COMMIT; SELECT set_config('synchronous_commit', 'off', true), "
-                "pg_notify({}, 'commit')").format(pgsql.Literal(self.channel))
+            self._notify: _pgwire.Statement = (b"mlprefs_notify", [self.channel.encode()])
             self._conn, self._pid = conn, os.getpid()
             self.backend_pid = conn.info.backend_pid  # our own notifications come from it
+            self._prepared: set[str] = set()  # on this connection, by name
+            self._prepare(conn, "mlprefs_notify")
             self._migrate()
+            self._prepare(conn, "mlprefs_change", "mlprefs_scope_rows")  # once the tables exist
         except BaseException:
             self._conn = None
             conn.close()
@@ -262,10 +264,9 @@ class PostgresStore(SharedSql):
 
     @contextlib.contextmanager
     def _transaction(self, locks: Sequence[tuple[int, str]],
-                     head: Callable[[psycopg.Connection], Any] | None = None,
-                     ) -> Iterator[PgConnection]:
+                     head: Sequence[_pgwire.Statement] = ()) -> Iterator[PgConnection]:
         """A write transaction that first takes `locks` ((advisory key, "x" or "s"), in order);
-        `head(conn)` queues statements in the same round trip (its result: self._head)."""
+        `head` is prepared statements run in the same round trip (their results: self._head)."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._write_lock:
@@ -274,7 +275,7 @@ class PostgresStore(SharedSql):
                                  f"thread; transactions do not nest")
             conn, self._head = self._begin_with(locks, head)
             db = PgConnection(conn, psycopg.Error, self._error)
-            db.wrote = head is not None
+            db.wrote = bool(head)
             self._writer = threading.get_ident()
             try:
                 try:
@@ -290,7 +291,8 @@ class PostgresStore(SharedSql):
     def _commit(self, conn: psycopg.Connection, wrote: bool) -> None:
         """COMMIT; after a write, notify the other clients once it is durable (one round trip)."""
         try:  # an error in the notification after a good COMMIT cannot be told apart
-            conn.execute(self._commit_notify if wrote else "COMMIT")
+            _pgwire.exchange(conn, [(False, (b"COMMIT", None))] + (
+                [(True, self._notify)] if wrote else []))
         except psycopg.Error as e:
             raise StoreError(f"{self.shown}: the commit failed ({_say(e)}); if the "
                              f"connection dropped, the write may or may not be stored: "
@@ -315,13 +317,11 @@ class PostgresStore(SharedSql):
         now = time.time()
         texts = [(key, None if new is UNSET else dump(new)) for key, new in changes]
 
-        def head(conn: psycopg.Connection) -> tuple[list[Any], Any]:
-            """Queued behind BEGIN and the locks, in the same round trip: every change, and
-            the written scope as it then is (what `check` reads first)."""
-            cursors = [conn.execute(CHANGE_ROW, change_params((scope, scope_id, key), text, now,
-                                                         actor, why)) for key, text in texts]
-            return cursors, conn.execute(SCOPE_ROWS, [scope, scope_id])
-
+        # Run behind BEGIN and the locks, in the same round trip: every change, and the
+        # written scope as it then is (what `check` reads first).
+        head = [(b"mlprefs_change", _pgwire.texts(change_params(
+            (scope, scope_id, key), text, now, actor, why))) for key, text in texts]
+        head.append((b"mlprefs_scope_rows", _pgwire.texts(own)))
         needs: dict[tuple[str, str], str] = {own: "x"}
         for _attempt in range(5):
             upfront = len(needs) > 1
@@ -330,15 +330,16 @@ class PostgresStore(SharedSql):
             try:
                 with self._transaction(locks, head):
                     self._held = set(needs) if upfront else {own}
-                    cursors, rows = self._head
+                    *changed, rows = self._head
                     entries = []
-                    for (key, text), cursor in zip(texts, cursors):
-                        done = cursor.fetchone()
+                    for (key, text), result in zip(texts, changed):
+                        done = _changed(_pgwire.rows(result))
                         if done is not None:  # None: unset a key that had no value
                             entries.append(HistoryEntry(done[0], scope, key, load(done[1]),
                                                         load(text), now, actor, reason,
                                                         scope_id))
-                    self._prefetched = (own, rows.fetchall())
+                    self._prefetched = (own, [(key, value, float(at), who) for key, value, at, who
+                                              in _pgwire.rows(rows)])
                     if check is not None:
                         check()
                     return entries
@@ -370,26 +371,18 @@ class PostgresStore(SharedSql):
                                  digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
-    def _begin_with(self, locks: Sequence[tuple[int, str]],
-                    head: Callable[[psycopg.Connection], Any] | None,
-                    ) -> tuple[psycopg.Connection, Any]:
-        """BEGIN and take the locks (and queue `head`), in one round trip; a connection found
+    def _begin_with(self, locks: Sequence[tuple[int, str]], head: Sequence[_pgwire.Statement],
+                    ) -> tuple[psycopg.Connection, list[Any]]:
+        """BEGIN and take the locks, then run `head`, in one round trip; a connection found
         dead here is replaced once."""
-        take = "".join(  # in order: one SELECT evaluates left to right
-            f", pg_advisory_xact_lock{'_shared' if mode == 's' else ''}({key})"
-            for key, mode in locks)
         for attempt in (1, 2):
             conn = self.conn
             start = time.monotonic()
             try:
-                if head is None:
-                    conn.execute(f"BEGIN; {self._begin}{take}")
-                    return conn, None
-                with conn.pipeline():  # extended protocol: one statement per execute
-                    conn.execute("BEGIN")
-                    conn.execute(self._begin + take)
-                    result = head(conn)
-                return conn, result
+                statements: list[tuple[bool, _pgwire.Statement]] = [
+                    (False, (b"BEGIN", None)), (True, self._lock_statement(conn, locks)),
+                    *((True, statement) for statement in head)]
+                return conn, _pgwire.exchange(conn, statements)[2:]
             except psycopg.errors.LockNotAvailable:
                 waited = time.monotonic() - start
                 self._rollback(conn)
@@ -403,10 +396,30 @@ class PostgresStore(SharedSql):
                 if attempt == 2 or not conn.closed:
                     raise StoreError(f"{self.shown}: could not start a write: {_say(e)}") from e
                 log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown, _say(e))
-            except psycopg.Error as e:  # a statement `head` queued
+            except psycopg.Error as e:  # a statement of `head`
                 self._rollback(conn)
                 raise self._error("a preference write", e) from e
         raise AssertionError("unreachable")
+
+    def _prepare(self, conn: psycopg.Connection, *names: str) -> None:
+        for name in names:
+            _pgwire.prepare(conn, name, PREPARED[name])
+            self._prepared.add(name)
+
+    def _lock_statement(self, conn: psycopg.Connection, locks: Sequence[tuple[int, str]],
+                        ) -> _pgwire.Statement:
+        """The statement that sets the lock budget and takes `locks`, in order (one SELECT
+        evaluates left to right); prepared on `conn` the first time its shape is used there
+        (there are few: a services' transaction, a write, a write that validates others)."""
+        shape = "".join(mode for _, mode in locks)
+        name = f"mlprefs_lock_{shape}"
+        if name not in self._prepared:
+            take = "".join(f", pg_advisory_xact_lock{'_shared' if mode == 's' else ''}(${n})"
+                           for n, mode in enumerate(shape, 2))
+            _pgwire.prepare(conn, name,
+                            f"SELECT set_config('lock_timeout', $1, true){take}")
+            self._prepared.add(name)
+        return name.encode(), [self._wait_ms, *(str(key).encode() for key, _ in locks)]
 
     def _lock_holder(self, keys: Sequence[int]) -> str:
         """A session holding one of the advisory locks, from pg_locks, if it can be read."""
@@ -586,3 +599,12 @@ def _one(row: tuple[Any, ...] | None) -> Any:
     """The single column of a query that always returns one row."""
     assert row is not None
     return row[0]
+
+
+def _changed(rows: list[tuple[str | None, ...]]) -> tuple[int, str | None] | None:
+    """CHANGE_ROW's result: (history id, old value text), or None (nothing to change)."""
+    if not rows:
+        return None
+    history_id, old = rows[0]
+    assert history_id is not None
+    return int(history_id), old

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -281,6 +282,38 @@ def foreign_write_lock(url: str, lock_id: int):
         finally:
             proc.stdin.close()
             proc.wait(timeout=30)
+
+
+def test_a_write_interrupted_while_it_waits_stores_nothing_and_the_next_write_works(url):
+    with Client(store=url, user="alice") as prefs:
+        prefs.set(BATCH, 16)
+        previous = signal.signal(signal.SIGALRM, _interrupt)
+        try:
+            with foreign_write_lock(url, prefs.store.lock_id):
+                signal.setitimer(signal.ITIMER_REAL, 0.3)
+                with pytest.raises(KeyboardInterrupt):
+                    prefs.set(BATCH, 64)  # waiting for the lock when Ctrl-C comes
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        prefs.set(BATCH, 128)
+        assert [e.new for e in prefs.history(BATCH)] == [128, 16]
+    with Client(store=url, user="alice") as later:
+        assert later.get(BATCH) == 128
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_writes_go_on_after_rolled_back_transactions(url):
+    with Client(store=url, user="alice") as prefs:
+        for value in range(8):  # psycopg would drop every prepared statement on a ROLLBACK
+            with pytest.raises(RuntimeError), prefs.store.transaction() as db:
+                db.execute("DELETE FROM prefs")
+                raise RuntimeError("changed my mind")
+            prefs.set(BATCH, 64 + value)
+        assert prefs.store.scope_values("user", "alice")[BATCH][0] == 71
 
 
 def test_a_reload_and_history_carry_on_while_a_set_waits_for_another_host(url, project_dir):

@@ -212,7 +212,7 @@ def main() -> int:
     parser.add_argument("url", nargs="?", help="postgresql:// URL (default $MLPREFS_TEST_PG)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     args = parser.parse_args()
-    rounds, writes, rows = (40, 25, 10_000) if args.quick else (200, 100, 50_000)
+    rounds, writes, rows = (40, 25, 10_000) if args.quick else (200, 400, 50_000)
 
     pg, drop = private_schema(server_url(args.url))
     with tempfile.TemporaryDirectory(prefix="mlprefs-bench-pg-") as tmp:

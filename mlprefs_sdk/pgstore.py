@@ -217,7 +217,9 @@ class PostgresStore(SharedSql):
         if self._pid != os.getpid():
             self._after_fork()
         if self._reader is None or self._reader.closed:
-            self._reader = self.open_connection("read")
+            reader = self.open_connection("read")
+            _pgwire.prepare(reader, "mlprefs_scope_rows", PREPARED["mlprefs_scope_rows"])
+            self._reader = reader
         return self._reader
 
     def _migrate(self) -> None:
@@ -363,7 +365,30 @@ class PostgresStore(SharedSql):
             if not got:
                 raise _Busy((scope, scope_id))
             held.add((scope, scope_id))
-        return super().scope_values(scope, scope_id)
+        if self._writer == threading.get_ident():  # this transaction's rows
+            return super().scope_values(scope, scope_id)
+        return self._read_scope(scope, scope_id)
+
+    def _read_scope(self, scope: str, scope_id: str) -> dict[str, tuple[Any, float, str]]:
+        """scope_values() on the read connection, by its prepared statement: this is the
+        watcher's read after a NOTIFY, so its time is part of how soon a change arrives."""
+        statement = (b"mlprefs_scope_rows", _pgwire.texts((scope, scope_id)))
+        with self._lock:
+            for attempt in (1, 2):
+                reader = self.reader
+                try:
+                    (result,) = _pgwire.exchange(reader, [(True, statement)])
+                except psycopg.OperationalError as e:
+                    if attempt == 2 or not reader.closed:
+                        raise self._error("a read of the preferences", e) from e
+                    log.warning("mlprefs: %s: connection lost (%s); reconnecting", self.shown,
+                                _say(e))
+                    continue
+                except psycopg.Error as e:
+                    raise self._error("a read of the preferences", e) from e
+                return {key: (load(value), float(at), actor)
+                        for key, value, at, actor in _pgwire.rows(result)}
+        raise AssertionError("unreachable")
 
     def _scope_lock(self, scope: str, scope_id: str) -> int:
         """The advisory lock key of one scope of this store (64 bits of a hash)."""

@@ -174,6 +174,15 @@ def test_a_client_whose_connections_are_killed_reconnects_and_catches_up(url):
         assert other.store.scope_values("user", "alice")[LR][0] == 0.01
 
 
+def test_a_read_after_its_connection_was_killed_reconnects(url):
+    with Client(store=url, user="alice") as prefs, Client(store=url, user="alice") as other:
+        prefs.reload()  # the read connection is open
+        terminate(prefs.store.reader.info.backend_pid)
+        other.set(BATCH, 64)
+        prefs.reload()
+        assert prefs.get(BATCH) == 64
+
+
 def test_a_host_cut_off_keeps_answering_and_catches_up_once_reconnected(url):
     cable = Cable(SERVER)
     try:

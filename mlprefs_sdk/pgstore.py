@@ -4,6 +4,8 @@ Same schema, migrations and semantics as SQLiteStore, and the same SQL (store.Sh
 dialect is explicit: column types in the migrations (_migrations.Dialect), the schema-version
 table, the locking statements, and one preference change as a single statement. The SQL the
 services hand over is spelled for SQLite; _pgsql maps its placeholders (and, in DDL, types).
+A preference write and a read of one scope, the hot paths, run statements prepared once per
+session on libpq itself (_pgwire); everything else goes through psycopg.
 
 Writers. A services' transaction() takes the store's advisory lock exclusive, PostgreSQL's
 counterpart of SQLite's BEGIN IMMEDIATE, so their read-then-write sees no other writer. A

@@ -121,6 +121,7 @@ class PostgresStore(SharedSql):
         given = psycopg.conninfo.conninfo_to_dict(self.location)
         extra: dict[str, Any] = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
         extra.setdefault("application_name", f"mlprefs {role}")
+        extra["client_encoding"] = "UTF8"  # _pgwire's text is UTF-8, whatever the URL asks
         try:
             conn = psycopg.connect(self.location, autocommit=True, **extra)
         except psycopg.Error as e:

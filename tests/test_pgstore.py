@@ -174,6 +174,15 @@ def test_a_client_whose_connections_are_killed_reconnects_and_catches_up(url):
         assert other.store.scope_values("user", "alice")[LR][0] == 0.01
 
 
+def test_text_beyond_ascii_round_trips_whatever_client_encoding_the_url_asks(url):
+    latin1 = f"{url}{'&' if '?' in url else '?'}client_encoding=latin1"
+    with Client(store=latin1, user="zoë") as prefs:
+        prefs.set(BATCH, 64, reason="entraîné à Zürich")
+    with Client(store=url, user="zoë") as other:
+        (entry,) = other.history(BATCH)
+        assert (entry.actor, entry.reason, other.get(BATCH)) == ("zoë", "entraîné à Zürich", 64)
+
+
 def test_a_read_after_its_connection_was_killed_reconnects(url):
     with Client(store=url, user="alice") as prefs, Client(store=url, user="alice") as other:
         prefs.reload()  # the read connection is open

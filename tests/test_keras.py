@@ -112,6 +112,47 @@ def test_regularization_l2_becomes_the_optimizers_weight_decay(project_dir):
     assert record.weight_decays == pytest.approx([0.05, 0.05, 0.2, 0.2])
 
 
+class RecordWeights(keras.callbacks.Callback):
+    """The model's weights after every batch (placed after MlprefsCallback: after its L1 step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after: list[list[np.ndarray]] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after.append([np.array(keras.ops.convert_to_numpy(w)) for w in self.model.trainable_weights])
+
+
+def test_regularization_l1_moves_each_weight_lr_times_l1_toward_zero_after_each_step(project_dir):
+    plain, shrunk = RecordWeights(), RecordWeights()
+    write_prefs(project_dir / "mlprefs.toml", learning_rate=0.1, regularization_l1=0.0)
+    with Client() as prefs:
+        fit(model(), MlprefsCallback(prefs), plain, epochs=1, validate=False)
+    write_prefs(project_dir / "mlprefs.toml", learning_rate=0.1, regularization_l1=0.5)
+    with Client() as prefs:
+        fit(model(), MlprefsCallback(prefs), shrunk, epochs=1, validate=False)
+    # The first step is the same gradient step on the same weights; then the L1 step of 0.05.
+    for before, after in zip(plain.after[0], shrunk.after[0]):
+        expected = np.sign(before) * np.maximum(np.abs(before) - 0.05, 0.0)
+        assert after == pytest.approx(expected, abs=1e-6)
+    assert sum(np.abs(w).sum() for w in shrunk.after[-1]) < sum(np.abs(w).sum() for w in plain.after[-1])
+
+
+def test_an_edit_of_regularization_l1_mid_run_applies_from_the_next_step(project_dir):
+    runs = []
+    for edit in (None, 2):
+        write_prefs(project_dir / "mlprefs.toml", learning_rate=0.1, regularization_l1=0.0)
+        with Client() as prefs:
+            record = RecordWeights()
+            edits = EditAndRecord(prefs, edit_after=edit, learning_rate=0.1, regularization_l1=0.5)
+            fit(model(), edits, MlprefsCallback(prefs), record, epochs=1, validate=False)
+            runs.append(record.after)
+    untouched, edited = runs
+    for step in (0, 1):  # before the edit: the same weights as a run without L1
+        assert all(np.array_equal(a, b) for a, b in zip(untouched[step], edited[step]))
+    assert not all(np.allclose(a, b) for a, b in zip(untouched[2], edited[2]))
+
+
 def test_early_stopping_ends_fit_with_a_reason(project_dir):
     # A tiny lr cannot improve val_loss by 0.1: epoch 1 sets the best, epochs 2 and 3 do not improve.
     write_prefs(project_dir / "mlprefs.toml", learning_rate=1e-6, early_stopping_patience=2,

@@ -2,6 +2,10 @@
 
 Keras optimizers have no param groups; the learning rate is a variable (``assign``) and the
 weight decay a plain attribute, so both reach the optimizer through ``hooks.add_applier``.
+Keras has no L1 counterpart of ``weight_decay``, and a callback cannot reach the loss, so
+``regularization_l1`` is applied the way Keras applies weight decay, decoupled from the
+gradient: after each step every trainable weight moves ``lr x l1`` toward zero, and stops at
+zero (the proximal step of the L1 term).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class MlprefsCallback(keras.callbacks.Callback):
-    """Live learning rate and weight decay, early stopping and max_iterations for ``model.fit``.
+    """Live learning rate, weight decay and L1, early stopping and max_iterations for ``model.fit``.
 
     Each epoch that reports the monitored metric in ``logs`` is one early-stopping check;
     ``max_iterations`` counts epochs. An optimizer built with a LearningRateSchedule (or a
@@ -40,6 +44,7 @@ class MlprefsCallback(keras.callbacks.Callback):
         self.run_id = run_id
         self.hooks: TrainingHooks | None = None
         self._step = 0
+        self._l1 = 0.0
         self._warned_no_metric = False
 
     @property
@@ -55,6 +60,8 @@ class MlprefsCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._step += 1
+        if self._l1:
+            self._shrink(self._l1)
         self.hooks.on_step_end(self._step)  # type: ignore[union-attr]
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -96,4 +103,13 @@ class MlprefsCallback(keras.callbacks.Callback):
                     changes["learning_rate"], type(optimizer).__name__, schedule)
         if "regularization_l2" in changes and hasattr(optimizer, "weight_decay"):
             optimizer.weight_decay = float(changes["regularization_l2"])
+        if "regularization_l1" in changes:
+            self._l1 = float(changes["regularization_l1"])
+
+    def _shrink(self, l1: float) -> None:
+        """The step's L1 term: each trainable weight moves lr x l1 toward zero, not past it."""
+        ops = keras.ops
+        step = l1 * float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        for weight in self.model.trainable_weights:
+            weight.assign(ops.sign(weight) * ops.maximum(ops.abs(weight) - step, 0.0))
 

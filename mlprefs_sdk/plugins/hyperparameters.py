@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LEARNING_RATE = "ml.training.learning_rate"
 REGULARIZATION_L2 = "ml.training.regularization_l2"
-REGULARIZATION_L1 = "ml.training.regularization_l1"  # appliers only (XGBoost alpha, SGD elastic net)
+REGULARIZATION_L1 = "ml.training.regularization_l1"  # appliers only (XGBoost alpha, SGD, Keras)
 KEYS = {LEARNING_RATE: "learning_rate", REGULARIZATION_L1: "regularization_l1",
         REGULARIZATION_L2: "regularization_l2"}
 NAME = "hyperparameters"

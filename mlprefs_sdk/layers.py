@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC
 from typing import Any
 
 import attrs
@@ -126,11 +126,9 @@ def mapping_layer(name: str, values: Mapping[str, Any] | Iterable[tuple[str, Any
 
 def store_layer(scope: str, scope_id: str, rows: Mapping[str, tuple[Any, float, str]]) -> Layer:
     """A store scope's rows; each source says who set the value and when."""
-    from datetime import datetime
-
     entries = {}
     for key, (value, at, actor) in rows.items():
-        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))  # per row of every read
         entries[key] = Entry(value, Source(scope, detail=f"{scope} {scope_id!r}, set {when} by {actor}"))
     return Layer(scope, entries)
 

@@ -3,11 +3,13 @@ backoff, and flag (and wake) every change another client announces."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -18,7 +20,7 @@ from .errors import StoreError
 if TYPE_CHECKING:
     from .pgstore import PostgresStore
 
-__all__ = ["BACKOFF_S", "HEARTBEAT_S", "PROBE_TIMEOUT_S", "WAKE", "Listener", "say"]
+__all__ = ["BACKOFF_S", "HEARTBEAT_S", "PROBE_TIMEOUT_S", "WAKE", "Listener", "Wakers", "say"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +123,59 @@ class Listener(threading.Thread):
                 log.debug("mlprefs: wake-up notification failed (%s)", e)
         if self is not threading.current_thread():
             self.join(HEARTBEAT_S + 1)
+
+
+class Wakers:
+    """The store's on_change() callbacks and the thread that calls them when the listener
+    wakes it: one at a time, and a burst of commits makes one call.
+
+    Each call consumes the listener's changed flag; a callback that raises is logged and the
+    flag is set again, so a poller of changed() re-reads. `listener()` gives the store's
+    current listener (None once it is closed).
+    """
+
+    def __init__(self, name: str, listener: Callable[[], Listener | None], shown: str) -> None:
+        self._name, self._listener, self._shown = name, listener, shown
+        self._callbacks: list[Callable[[], None]] = []
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def add(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Subscribe `callback`; returns the function that unsubscribes it."""
+        self._callbacks.append(callback)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name=self._name)
+            self._thread.start()
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+        return cancel
+
+    def _run(self) -> None:
+        while not self._closing:
+            listener = self._listener()
+            if listener is None:
+                return
+            listener.woken.wait(HEARTBEAT_S)
+            listener.woken.clear()
+            callbacks = list(self._callbacks)
+            if self._closing or not callbacks or not listener.changed.is_set():
+                continue
+            listener.changed.clear()
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # a poller of changed() tries again
+                    log.exception("mlprefs: %s: a change callback failed", self._shown)
+                    listener.changed.set()
+
+    def close(self) -> None:
+        """Stop the thread (at once, unless a callback is running: then when it returns)."""
+        self._closing = True
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            listener = self._listener()
+            if listener is not None:
+                listener.woken.set()
+            thread.join(HEARTBEAT_S + 1)

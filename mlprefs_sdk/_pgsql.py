@@ -27,7 +27,8 @@ from ._migrations import POSTGRESQL, Dialect
 from .errors import StoreError
 
 __all__ = ["VERSION_TABLE", "translate", "PgConnection", "PgCursor", "plain_number", "is_read",
-           "plain_insert", "change_params", "CHANGE_ROW", "SCOPE_ROWS", "PREPARED"]
+           "plain_insert", "change_params", "CHANGE_ROW", "SCOPE_ROWS", "PREPARED",
+           "LOCK_HOLDER", "holder", "change_result"]
 
 VERSION_TABLE = "mlprefs_schema_version"
 _TYPES = {"INTEGER": POSTGRESQL.integer, "REAL": POSTGRESQL.real}
@@ -269,3 +270,32 @@ def change_params(where: tuple[str, str, str], new_text: str | None, now: float,
                   why: tuple[str | None, str | None, int | None]) -> list[Any]:
     """The parameters of CHANGE_ROW, in order."""
     return [*where, new_text, now, actor, *why]
+
+
+def change_result(rows: list[tuple[Any, ...]]) -> tuple[int, str | None] | None:
+    """CHANGE_ROW's row: (history id, old value text), or None (nothing to change)."""
+    if not rows:
+        return None
+    history_id, old = rows[0]
+    return int(history_id), old
+
+
+# The oldest other session holding one of the advisory locks (%s: our listener's backend pid,
+# then the lock keys): who a write that ran out of time waited for.
+LOCK_HOLDER = (
+    "SELECT a.pid, a.application_name, a.client_addr::text, a.usename, "
+    "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND "
+    "l.pid <> pg_backend_pid() AND l.pid <> %s AND "
+    "((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s) "
+    "ORDER BY a.xact_start LIMIT 1")
+
+
+def holder(row: Sequence[Any] | None) -> str:
+    """LOCK_HOLDER's row, said for a StoreError."""
+    if row is None:
+        return "another session (it has just let go)"
+    pid, app, addr, user, age = row
+    return (f"server pid {pid} ({app or 'no application_name'}, user {user}, "
+            f"from {addr or 'a local socket'}, in its transaction for {age} s)")

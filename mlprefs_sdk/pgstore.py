@@ -47,9 +47,20 @@ from psycopg.adapt import Loader
 
 from . import _pgwire
 from ._migrations import MIGRATIONS, migrate
-from ._pglisten import HEARTBEAT_S, Listener
+from ._pglisten import Listener, Wakers
 from ._pglisten import say as _say
-from ._pgsql import PREPARED, VERSION_TABLE, PgConnection, change_params, is_read, plain_number, translate
+from ._pgsql import (
+    LOCK_HOLDER,
+    PREPARED,
+    VERSION_TABLE,
+    PgConnection,
+    change_params,
+    change_result,
+    holder,
+    is_read,
+    plain_number,
+    translate,
+)
 from ._sharedsql import SharedSql, dump, load
 from .errors import StoreError
 from .store import UNSET, lock_timeout
@@ -93,7 +104,7 @@ class PostgresStore(SharedSql):
         """SharedSql._change_row in one statement, so one round trip: data-modifying CTEs
         all see the rows as they were before the statement (the old value)."""
         rows = db.execute_prepared("mlprefs_change", change_params(where, new_text, now, actor, why))
-        return _changed(rows)
+        return change_result(rows)
 
     def __init__(self, location: str) -> None:
         self.location = location
@@ -110,9 +121,7 @@ class PostgresStore(SharedSql):
         self._pid = -1
         self._listener: Listener | None = None
         self._following = False  # LISTENing: once follow() or changed() asked for it
-        self._wakers: list[Callable[[], None]] = []  # on_change() callbacks
-        self._waker: threading.Thread | None = None
-        self._closing = False
+        self._wakers: Wakers | None = None  # on_change() callbacks and their thread
         self._connect()
 
     # -- connections --------------------------------------------------------------
@@ -199,7 +208,7 @@ class PostgresStore(SharedSql):
         """In a forked child: its own connections and listener, never the parent's sockets."""
         self._conn, self._reader, self._listener = None, None, None
         self._lock, self._write_lock, self._writer = threading.RLock(), threading.RLock(), None
-        self._wakers, self._waker = [], None  # the parent's callbacks and thread stay there
+        self._wakers = None  # the parent's callbacks and thread stay there
         self._connect()
         if self._listener is not None:
             self._listener.changed.set()  # the view the child inherited may predate its LISTEN
@@ -338,7 +347,7 @@ class PostgresStore(SharedSql):
                     *changed, rows = self._head
                     entries = []
                     for (key, text), result in zip(texts, changed):
-                        done = _changed(_pgwire.rows(result))
+                        done = change_result(_pgwire.rows(result))
                         if done is not None:  # None: unset a key that had no value
                             entries.append(HistoryEntry(done[0], scope, key, load(done[1]),
                                                         load(text), now, actor, reason,
@@ -453,22 +462,10 @@ class PostgresStore(SharedSql):
         """A session holding one of the advisory locks, from pg_locks, if it can be read."""
         try:
             with self._lock:
-                row = self.reader.execute(
-                    "SELECT a.pid, a.application_name, a.client_addr::text, a.usename, "
-                    "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float "
-                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND "
-                    "l.pid <> pg_backend_pid() AND l.pid <> %s AND "
-                    "((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s) "
-                    "ORDER BY a.xact_start LIMIT 1",
-                    [self.backend_pid, list(keys)]).fetchone()
+                row = self.reader.execute(LOCK_HOLDER, [self.backend_pid, list(keys)]).fetchone()
         except psycopg.Error as e:
             return f"another session (unknown which: {_say(e)})"
-        if row is None:
-            return "another session (it has just let go)"
-        pid, app, addr, user, age = row
-        return (f"server pid {pid} ({app or 'no application_name'}, user {user}, "
-                f"from {addr or 'a local socket'}, in its transaction for {age} s)")
+        return holder(row)
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
@@ -529,34 +526,10 @@ class PostgresStore(SharedSql):
                 self._after_fork()
         self.follow()
         with self._lock:
-            self._wakers.append(callback)
-            if self._waker is None:
-                self._waker = threading.Thread(target=self._wake_loop, daemon=True,
-                                               name=f"mlprefs-wake {self.channel}")
-                self._waker.start()
-
-        def cancel() -> None:
-            with contextlib.suppress(ValueError):
-                self._wakers.remove(callback)
-        return cancel
-
-    def _wake_loop(self) -> None:
-        while not self._closing:
-            listener = self._listener
-            if listener is None:
-                return
-            listener.woken.wait(HEARTBEAT_S)
-            listener.woken.clear()
-            callbacks = list(self._wakers)
-            if self._closing or not callbacks or not listener.changed.is_set():
-                continue
-            listener.changed.clear()
-            for callback in callbacks:
-                try:
-                    callback()
-                except Exception:  # a poller of changed() tries again
-                    log.exception("mlprefs: %s: a change callback failed", self.shown)
-                    listener.changed.set()
+            if self._wakers is None:
+                self._wakers = Wakers(f"mlprefs-wake {self.channel}", lambda: self._listener,
+                                      self.shown)
+            return self._wakers.add(callback)
 
     local_file = None    # a server: no file on this host
     change_file = None   # changes are announced (follow(), on_change())
@@ -590,12 +563,8 @@ class PostgresStore(SharedSql):
                 "healthy": round_trip is not None}
 
     def close(self) -> None:
-        waker, self._closing = self._waker, True
-        if waker is not None and self._pid == os.getpid() and waker is not threading.current_thread():
-            listener = self._listener
-            if listener is not None:
-                listener.woken.set()
-            waker.join(HEARTBEAT_S + 1)
+        if self._wakers is not None and self._pid == os.getpid():
+            self._wakers.close()
         with self._lock:
             listener, self._listener = self._listener, None
             mine = self._pid == os.getpid()
@@ -627,12 +596,3 @@ def _one(row: tuple[Any, ...] | None) -> Any:
     """The single column of a query that always returns one row."""
     assert row is not None
     return row[0]
-
-
-def _changed(rows: list[tuple[str | None, ...]]) -> tuple[int, str | None] | None:
-    """CHANGE_ROW's result: (history id, old value text), or None (nothing to change)."""
-    if not rows:
-        return None
-    history_id, old = rows[0]
-    assert history_id is not None
-    return int(history_id), old

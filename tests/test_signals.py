@@ -182,3 +182,42 @@ def test_handlers_are_installed_from_the_main_thread_only_and_once(home):
     out = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
     assert out == ["True", "True", "True"]
+
+
+# A handler that Python runs inside a weakref callback (as a garbage collection can, anywhere):
+# whatever the handler raises there is printed as "Exception ignored" and dropped.
+IN_A_CALLBACK = r"""
+import os, signal, sys, time, weakref
+from mlprefs_sdk import Client
+
+if sys.argv[1] == "SIGTERM":
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(7))
+signum = getattr(signal, sys.argv[1])
+prefs = Client(overrides={"ml.data.auto_cleanup_enabled": False})
+for i in range(100):
+    prefs.monitor.record("churn", "1", latency_ms=float(i))
+
+class Thing:
+    pass
+
+def callback(ref):
+    os.kill(os.getpid(), signum)
+    for _ in range(10_000):  # the handler runs at one of these bytecodes, inside the callback
+        pass
+
+thing = Thing()
+ref = weakref.ref(thing, callback)
+del thing
+time.sleep(3)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("signame", "expected"), [("SIGTERM", 7), ("SIGINT", -signal.SIGINT)])
+def test_a_handlers_exit_dropped_by_a_weakref_callback_still_ends_the_process(home, signame,
+                                                                               expected):
+    done = subprocess.run([sys.executable, "-c", IN_A_CALLBACK, signame], capture_output=True,
+                          text=True, timeout=60)
+    assert "still running" not in done.stdout
+    assert done.returncode == expected
+    assert stored_rows(home, "monitor") == 100

@@ -11,8 +11,14 @@ with the same exit status as without the SDK. A signal that was ignored stays ig
 handler is installed over SIG_IGN). A signal handler runs in the main thread between two
 bytecodes; if that thread was itself in the middle of writing (it holds a buffer's lock, or
 the store has a transaction open), writing from the handler could deadlock, so a helper
-thread waits for that write to end, writes the rest, and sends the signal again. A normal
-exit is covered by each buffer's atexit hook. SIGKILL cannot be caught: what it can lose is
+thread waits for that write to end, writes the rest, and sends the signal again. Python may
+also run a handler inside a __del__ or a weakref callback (a garbage collection can start one
+anywhere), where whatever it raises is printed as "Exception ignored" and dropped: a user's
+sys.exit() or Ctrl-C would then not stop the process. So when the exception a chained handler
+raised reaches sys.unraisablehook, the signal is sent again (from another thread, AGAIN_S
+later) and the handler raises that same exception where the main thread then runs (not once
+the interpreter shuts down). A
+normal exit is covered by each buffer's atexit hook. SIGKILL cannot be caught: what it can lose is
 bounded by each buffer's flush interval (see docs/reliability-services.md).
 
 Fork. Before os.fork() every registered buffer's locks are taken (waiting up to FORK_WAIT_S
@@ -23,9 +29,11 @@ parent writes what it buffered). A lock still busy after FORK_WAIT_S is replaced
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+import sys
 import threading
 import weakref
 from typing import Any, Protocol
@@ -37,6 +45,7 @@ log = logging.getLogger(__name__)
 
 FORK_WAIT_S = 2.0
 HANDLER_WAIT_S = 0.05  # a handler waits this long for another thread; then the helper waits
+AGAIN_S = 0.01  # a signal whose handler's exception was dropped is sent again this much later
 SIGNALS = ("SIGTERM", "SIGINT")
 
 
@@ -90,6 +99,8 @@ class Buffered(Protocol):
 
 _buffers: weakref.WeakSet[Any] = weakref.WeakSet()
 _previous: dict[int, Any] = {}
+_swallowed: list[BaseException] = []  # raised again by the next _on_signal
+_chained = [int(signal.SIGTERM)]  # the signal _chain last handed on
 _signals_installed = False
 _fork_hooks_installed = False
 _registry_lock = threading.Lock()
@@ -137,6 +148,7 @@ def _install_signal_handlers() -> None:
             continue
         _previous[signum] = previous
         signal.signal(signum, _on_signal)
+    sys.unraisablehook = functools.partial(_unraisable, sys.unraisablehook)
 
 
 # Signals whose handling waits for a write in progress. Whoever removes one from the set
@@ -150,6 +162,8 @@ _installed_pid = -1
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    if _swallowed:  # sent again by _unraisable: the buffers are written already
+        raise _swallowed.pop()
     if os.getpid() != _installed_pid:  # a forked child (a Pool worker) being stopped: the
         _chain(signum, frame)          # buffers are the parent's; never hold its exit up
         return
@@ -169,12 +183,38 @@ def _chain(signum: int, frame: Any) -> None:
     """Hand the signal on: the handler that was there before ours, else the default."""
     previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
+        _chained[0] = signum
         previous(signum, frame)
         return
     # The default disposition: die by this signal, exactly as the process would have.
+    # (Nothing here raises, so nothing can be dropped by an unraisable context.)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     signal.signal(signum, _on_signal)  # only reached if the signal is blocked
+
+
+def _unraisable(previous_hook: Any, unraisable: Any) -> None:
+    """sys.unraisablehook: a chained handler's exception (its traceback passes through
+    _chain) dropped by a __del__ or weakref callback is raised again: see the docstring."""
+    exc = unraisable.exc_value
+    if exc is not None and _passed_chain(exc) and threading.main_thread().is_alive():
+        _swallowed.append(exc)
+        log.warning("mlprefs: %r, raised by a signal handler, was dropped by %r; raising it "
+                    "again", exc, unraisable.object)
+        # Later, from another thread: sent now, the handler would run inside this hook.
+        again = threading.Timer(AGAIN_S, os.kill, (os.getpid(), _chained[0]))
+        again.daemon, again.name = True, "mlprefs-signal-again"
+        again.start()
+    previous_hook(unraisable)
+
+
+def _passed_chain(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _chain.__code__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def take_in_handler(lock: OwnedLock) -> bool:

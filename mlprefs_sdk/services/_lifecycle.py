@@ -29,6 +29,7 @@ parent writes what it buffered). A lock still busy after FORK_WAIT_S is replaced
 
 from __future__ import annotations
 
+import _thread
 import functools
 import logging
 import os
@@ -49,35 +50,22 @@ AGAIN_S = 0.01  # a signal whose handler's exception was dropped is sent again t
 SIGNALS = ("SIGTERM", "SIGINT")
 
 
-class OwnedLock:
-    """A non-reentrant lock that knows which thread holds it (so a signal handler can tell
-    whether the thread it interrupted is the holder)."""
+class OwnedLock(_thread.RLock):  # type: ignore[misc]  # typeshed marks it final; CPython allows it
+    """A lock that knows whether this thread holds it, so a signal handler can tell whether
+    the code it interrupted is inside it (and then never takes it: see take_in_handler).
 
-    __slots__ = ("_lock", "owner")
+    It is the C RLock on purpose. A lock written in Python (acquire, then record the owner)
+    has bytecodes between taking the lock and entering the `with` block, where a signal
+    handler can run; an exception it raises there (a user's sys.exit) leaves the lock held
+    by no one, and the exit hook's flush then waits for it forever. The C lock's __enter__
+    and __exit__ leave no such gap, and a lock the main thread did leave held (after an
+    explicit acquire()) does not stop that same thread's exit hook, which runs re-entrantly.
+    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.owner: int | None = None
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        got = self._lock.acquire(blocking, timeout)
-        if got:
-            self.owner = threading.get_ident()
-        return got
-
-    def release(self) -> None:
-        self.owner = None
-        self._lock.release()
-
-    def __enter__(self) -> OwnedLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    __slots__ = ()
 
     def held_here(self) -> bool:
-        return self.owner == threading.get_ident()
+        return bool(self._is_owned())  # type: ignore[attr-defined]  # C RLock's, as Condition uses
 
 
 class Buffered(Protocol):
@@ -220,9 +208,7 @@ def _passed_chain(exc: BaseException) -> bool:
 def take_in_handler(lock: OwnedLock) -> bool:
     """Acquire `lock` from a signal handler without deadlocking: False when the interrupted
     thread holds it (or another thread kept it past HANDLER_WAIT_S)."""
-    if lock.acquire(blocking=False):
-        return True
-    if lock.owner == threading.get_ident():
+    if lock.held_here():  # the lock is re-entrant: check first, never take it over
         return False
     return lock.acquire(timeout=HANDLER_WAIT_S)
 
